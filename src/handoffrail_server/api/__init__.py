@@ -1,0 +1,1 @@
+"""HTTP layer shared by every feature: problem documents, auth, role rules, health."""

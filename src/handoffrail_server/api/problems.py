@@ -1,0 +1,121 @@
+"""RFC 9457 problem documents that the SDK also understands (`detail` string, optional `field`).
+
+Every error body is JSON: the SDK retries blindly on a non-JSON error body (CONTRACT.md §9).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from handoffrail_server.errors import DomainError
+
+PROBLEM_TYPE_BASE = "https://handoffrail.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+log = structlog.get_logger(__name__)
+
+_HTTP_CODES = {
+    400: ("request.bad", "Bad request"),
+    401: ("auth.missing_key", "Unauthorized"),
+    403: ("auth.forbidden", "Forbidden"),
+    404: ("route.not_found", "Not found"),
+    405: ("route.method_not_allowed", "Method not allowed"),
+    406: ("request.not_acceptable", "Not acceptable"),
+    413: ("request.too_large", "Content too large"),
+    415: ("request.unsupported_media_type", "Unsupported media type"),
+    422: ("request.validation_failed", "Unprocessable content"),
+    429: ("rate_limit.exceeded", "Too many requests"),
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """Build a problem+json response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code.replace(".", "/"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    extra = {key: _jsonable(value) for key, value in exc.extra.items()}
+    return problem(exc.status, exc.code, exc.title, exc.detail, **extra)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        location = [str(part) for part in error.get("loc", ())]
+        errors.append(
+            {"loc": location, "msg": str(error.get("msg", "")), "type": error.get("type")}
+        )
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(part for part in first["loc"] if part not in {"body", "query", "path"})
+    detail = f"{where}: {first['msg']}" if where else str(first["msg"])
+    field = where or None
+    return problem(
+        422,
+        "request.validation_failed",
+        "Unprocessable content",
+        detail,
+        errors=errors,
+        field=field,
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code, title = _HTTP_CODES.get(exc.status_code, ("http.error", "HTTP error"))
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = dict(exc.headers) if exc.headers else None
+    return problem(exc.status_code, code, title, detail, headers=headers)
+
+
+async def _recursion_error(_request: Request, _exc: Exception) -> Response:
+    return problem(
+        422, "request.too_deep", "Unprocessable content", "JSON body is nested too deeply"
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error(
+        "request.failed", path=request.url.path, method=request.method, error=type(exc).__name__
+    )
+    return problem(500, "server.internal", "Internal server error", "An internal error occurred")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Register the one error handler family on `app`."""
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RecursionError, _recursion_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,48 @@
+"""Base for request bodies: refuses NUL characters and non-finite numbers anywhere in the body.
+
+PostgreSQL can store neither in text or JSONB, so they would otherwise surface as a 500 on one
+database and succeed on the other.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, model_validator
+
+MAX_DEPTH = 64
+
+
+def find_unstorable(value: Any, depth: int = 0) -> str | None:
+    """Describe the first value PostgreSQL cannot store, or None when all is storable."""
+    if depth > MAX_DEPTH:
+        return f"nesting deeper than {MAX_DEPTH} levels"
+    if isinstance(value, str):
+        return "a NUL character (\\u0000)" if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "a non-finite number (NaN or Infinity)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = find_unstorable(key, depth + 1) or find_unstorable(item, depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for item in value:
+            found = find_unstorable(item, depth + 1)
+            if found:
+                return found
+    return None
+
+
+class NoNulModel(BaseModel):
+    """Request model that refuses unstorable values before any field validation."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unstorable(cls, data: Any) -> Any:
+        found = find_unstorable(data)
+        if found:
+            raise ValueError(f"body contains {found}, which cannot be stored")
+        return data

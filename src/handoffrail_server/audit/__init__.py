@@ -1,0 +1,1 @@
+"""Audit trail: the recorded events of a tenant, newest first."""

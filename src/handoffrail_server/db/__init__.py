@@ -1,0 +1,1 @@
+"""Database infrastructure: engine, portable column types, ORM tables, unit of work."""

@@ -1,0 +1,79 @@
+"""Engine construction: SQLite gets WAL, foreign keys and a busy timeout; PostgreSQL a pool.
+
+SQLite write transactions start with `BEGIN IMMEDIATE` so two writers queue on the busy timeout
+instead of failing with "database is locked" when a reader tries to upgrade its lock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    pool_timeout: float = 10.0,
+    pool_recycle: int = 1800,
+    statement_cache_size: int = 100,
+    echo: bool = False,
+) -> AsyncEngine:
+    """Create the async engine for `url` (already normalised by settings)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_async_engine(
+            parsed,
+            echo=echo,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+        _configure_sqlite(engine)
+        return engine
+    connect_args: dict[str, Any] = {
+        "statement_cache_size": statement_cache_size,
+        "server_settings": {"application_name": "handoffrail"},
+    }
+    if statement_cache_size == 0:
+        # PgBouncer in transaction mode (Neon, Supabase pooled endpoints): no prepared statements.
+        parsed = parsed.update_query_dict({"prepared_statement_cache_size": "0"})
+    return create_async_engine(
+        parsed,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=pool_recycle,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from the driver (SQLAlchemy's documented recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Session factory: no expiry on commit so services can return loaded rows."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)

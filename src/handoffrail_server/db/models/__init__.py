@@ -1,0 +1,9 @@
+"""Every ORM table, imported in one place for Alembic."""
+
+from handoffrail_server.db.models.api_key import ApiKey
+from handoffrail_server.db.models.packet import Packet, PacketTag
+from handoffrail_server.db.models.packet_event import PacketEvent
+from handoffrail_server.db.models.packet_schema import PacketSchema
+from handoffrail_server.db.models.tenant import Tenant
+
+__all__ = ["ApiKey", "Packet", "PacketEvent", "PacketSchema", "PacketTag", "Tenant"]

@@ -1,0 +1,1 @@
+"""API keys: generation, hashing, lookup, create/list/revoke/rotate, bootstrap."""

@@ -1,0 +1,129 @@
+"""Application factory: `create_app(settings)` wires lifespan, middleware, routers and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from handoffrail_server import __version__
+from handoffrail_server.api import health
+from handoffrail_server.api.deps import AppState
+from handoffrail_server.api.problems import install_problem_handlers
+from handoffrail_server.api.router import build_api_router
+from handoffrail_server.clock import Clock, SystemClock
+from handoffrail_server.db import migrations
+from handoffrail_server.db.engine import create_engine, create_sessionmaker
+from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.keys import service as keys_service
+from handoffrail_server.observability.logging import configure_logging
+from handoffrail_server.observability.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from handoffrail_server.packets.service import expire_due
+from handoffrail_server.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+#: hard cap on any request body; tier limits (smaller) are enforced per tenant on top
+MAX_BODY_BYTES = 1024 * 1024 + 4096
+
+
+class SchemaNotAtHead(RuntimeError):
+    """The database is not migrated to the newest revision (staging/production refuse to start)."""
+
+
+async def _expiry_loop(state: AppState, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with unit_of_work(state.sessions) as session:
+                count = await expire_due(session, state.clock)
+            if count:
+                log.info("packets.expired", count=count)
+        except Exception as exc:  # keep the loop alive; the next tick retries
+            log.warning("packets.expiry_failed", error=type(exc).__name__)
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    """Build the ASGI application for `settings` (read from the environment when omitted)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, json_logs=not settings.is_development)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        pool_recycle=settings.db_pool_recycle,
+        statement_cache_size=settings.db_statement_cache_size,
+        echo=settings.db_echo,
+    )
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        sessions=create_sessionmaker(engine),
+        clock=clock or SystemClock(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if not settings.is_development:
+            current = await migrations.current_revision(engine)
+            head = migrations.head_revision()
+            if current != head:
+                raise SchemaNotAtHead(
+                    f"database is at revision {current or 'none'}, code expects {head}: "
+                    "run `handoffrail migrate up` before starting the server"
+                )
+        if settings.bootstrap_api_key is not None:
+            async with unit_of_work(state.sessions) as session:
+                await keys_service.bootstrap(
+                    session,
+                    state.clock,
+                    plain=settings.bootstrap_api_key.get_secret_value(),
+                    tier=settings.tier_default,
+                )
+        expiry = None
+        if settings.expiry_interval_seconds > 0:
+            expiry = asyncio.create_task(_expiry_loop(state, settings.expiry_interval_seconds))
+        log.info("server.started", environment=settings.environment.value)
+        try:
+            yield
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await expiry
+            await engine.dispose()
+
+    show_docs = settings.docs_enabled
+    app = FastAPI(
+        title="HandoffRail",
+        version=__version__,
+        summary="Session-continuity middleware for multi-agent AI workflows",
+        lifespan=lifespan,
+        docs_url="/docs" if show_docs else None,
+        redoc_url="/redoc" if show_docs else None,
+        openapi_url="/openapi.json" if show_docs else None,
+    )
+    app.state.hr = state
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(build_api_router())
+    if settings.cors_origins:
+        wildcard = "*" in settings.cors_origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            # `*` is never combined with credentials (CONTRACT.md §10.9).
+            allow_credentials=not wildcard,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["X-API-Key", "Content-Type", "X-Request-ID", "Last-Event-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestIdMiddleware)
+    return app

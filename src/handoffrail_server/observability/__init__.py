@@ -1,0 +1,1 @@
+"""Logging, request ids and request guards shared by every feature."""

@@ -1,0 +1,81 @@
+"""structlog set-up: JSON outside development, console in development, with redaction.
+
+The redaction processor drops values under sensitive keys and masks anything shaped like an
+API key, so secrets never reach a log line even when a caller logs them by mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SENSITIVE_KEYS = re.compile(
+    r"(api[_-]?key|authorization|secret|password|passwd|token|cookie|context|content|"
+    r"summary|conversation|hitl_response|response_body|key_hash|dsn)",
+    re.IGNORECASE,
+)
+_KEY_SHAPE = re.compile(r"hr_[A-Za-z0-9_-]{20,}")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def _scrub_text(value: str) -> str:
+    value = _KEY_SHAPE.sub("hr_***", value)
+    return _URL_PASSWORD.sub(r"\1***@", value)
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if depth > 8:
+        return "..."
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if isinstance(value, dict):
+        return {
+            key: "[redacted]" if _SENSITIVE_KEYS.search(str(key)) else _scrub(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(item, depth + 1) for item in value]
+    return value
+
+
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: remove secrets and packet contents from every event."""
+    for key in list(event_dict):
+        if key == "event":
+            event_dict[key] = _scrub(event_dict[key])
+        elif _SENSITIVE_KEYS.search(key):
+            event_dict[key] = "[redacted]"
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
+    """Configure structlog and the stdlib root logger once per process."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[*processors, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s", force=True)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Packets: the handoff itself, its lifecycle, claims, search and history."""

@@ -1,0 +1,139 @@
+"""Exactly-once claims: a claim is a compare-and-set on the row version and claimable status.
+
+Two agents claiming one packet at the same instant: the database lets exactly one UPDATE match;
+the other re-reads, sees `claimed` and gets 409 with the holder. `claim_next` hands the oldest
+highest-priority packet to exactly one caller (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from handoffrail_server.db.models import Packet
+from handoffrail_server.errors import DomainError
+from handoffrail_server.packets import policy, repository
+from handoffrail_server.packets.errors import (
+    ConcurrentUpdate,
+    IllegalTransitionError,
+    PacketAlreadyClaimed,
+    PacketExpired,
+)
+from handoffrail_server.packets.lifecycle import (
+    CLAIMABLE,
+    ClaimRefusal,
+    IllegalTransition,
+    PacketStatus,
+    claim_refusal,
+)
+from handoffrail_server.packets.schemas import BatchItemError, ClaimNext, PacketClaim
+from handoffrail_server.packets.service import MAX_CAS_ATTEMPTS, PacketService
+
+_CLAIMABLE_VALUES = [status.value for status in CLAIMABLE]
+
+
+def _claimant(body: PacketClaim) -> dict[str, Any]:
+    return {"id": body.agent_id, "name": body.agent_name, "framework": body.framework}
+
+
+async def _try_claim(service: PacketService, packet: Packet, body: PacketClaim) -> Packet | None:
+    """One compare-and-set attempt; None when someone else changed the row first."""
+    refusal = claim_refusal(PacketStatus(packet.status))
+    now = service.clock.now()
+    if refusal is None and packet.expires_at is not None and packet.expires_at <= now:
+        refusal = ClaimRefusal.EXPIRED
+    if refusal is ClaimRefusal.ALREADY_CLAIMED:
+        holder = packet.packet_metadata.get("target_agent")
+        raise PacketAlreadyClaimed(f"Packet {packet.id} is already claimed", claimed_by=holder)
+    if refusal is ClaimRefusal.EXPIRED:
+        raise PacketExpired(f"Packet {packet.id} has expired")
+    if refusal is ClaimRefusal.BAD_STATUS:
+        message = IllegalTransition(PacketStatus(packet.status), PacketStatus.CLAIMED).message
+        raise IllegalTransitionError(message, field="status")
+    metadata = dict(packet.packet_metadata)
+    metadata["target_agent"] = _claimant(body)
+    metadata["claimed_at"] = now.isoformat()
+    previous = packet.status
+    updated = await repository.compare_and_set(
+        service.session,
+        packet,
+        {
+            "status": PacketStatus.CLAIMED.value,
+            "packet_metadata": metadata,
+            "target_agent_id": body.agent_id,
+            "claimed_by_agent_id": body.agent_id,
+            "claimed_at": now,
+            "updated_at": now,
+        },
+        allowed_statuses=_CLAIMABLE_VALUES,
+    )
+    if updated is not None:
+        await service.record(
+            updated,
+            "claimed",
+            f"agent:{body.agent_id}",
+            from_status=previous,
+            details={"agent_name": body.agent_name},
+        )
+    return updated
+
+
+async def claim(service: PacketService, packet_id: uuid.UUID, body: PacketClaim) -> Packet:
+    """Claim one packet: 409 if held, 410 if expired, 400 from a non-claimable status."""
+    for _attempt in range(MAX_CAS_ATTEMPTS):
+        packet = await service.load(packet_id)
+        updated = await _try_claim(service, packet, body)
+        if updated is not None:
+            return updated
+    raise ConcurrentUpdate(f"Packet {packet_id} is being changed concurrently; retry")
+
+
+async def claim_many(
+    service: PacketService, packet_ids: list[uuid.UUID], body: PacketClaim
+) -> tuple[list[Packet], list[BatchItemError]]:
+    """Claim each packet; failures are reported per id and do not undo the others."""
+    claimed: list[Packet] = []
+    errors: list[BatchItemError] = []
+    for packet_id in packet_ids:
+        try:
+            async with service.session.begin_nested():
+                claimed.append(await claim(service, packet_id, body))
+        except DomainError as exc:
+            errors.append(BatchItemError(packet_id=str(packet_id), error=exc.detail))
+    return claimed, errors
+
+
+def _priorities(body: ClaimNext) -> list[str] | None:
+    if body.priority is not None:
+        return [body.priority.value]
+    if body.min_priority is not None:
+        floor = policy.PRIORITY_RANK[body.min_priority.value]
+        return [name for name, rank in policy.PRIORITY_RANK.items() if rank >= floor]
+    return None
+
+
+async def claim_next(service: PacketService, body: ClaimNext) -> Packet | None:
+    """Claim the oldest highest-priority `created` packet matching the filters, or None."""
+    dialect = service.session.get_bind().dialect.name
+    batch = 1 if dialect == "postgresql" else 16
+    for _attempt in range(MAX_CAS_ATTEMPTS):
+        candidates = await repository.claim_candidates(
+            service.session,
+            service.tenant_id,
+            [PacketStatus.CREATED.value],
+            target_agent=body.target_agent,
+            tags=body.tags,
+            priorities=_priorities(body),
+            now=service.clock.now(),
+            limit=batch,
+        )
+        if not candidates:
+            return None
+        for packet in candidates:
+            try:
+                updated = await _try_claim(service, packet, body)
+            except DomainError:
+                continue
+            if updated is not None:
+                return updated
+    return None

@@ -1,0 +1,275 @@
+"""Storage of packets, tags and events. Every state change is a compare-and-set on `row_version`.
+
+Flushes, never commits: the request or job owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    and_,
+    delete,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+)
+from sqlalchemy import text as sql_text
+from sqlalchemy import update as sql_update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handoffrail_server.db.models import Packet, PacketEvent, PacketTag
+from handoffrail_server.packets import policy
+
+
+@dataclass(frozen=True, slots=True)
+class PacketFilter:
+    """List filters; every one maps to an indexed column."""
+
+    statuses: Sequence[str] = ()
+    source_agent: str | None = None
+    target_agent: str | None = None
+    tags: Sequence[str] = ()
+    priority: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(slots=True)
+class Page:
+    """Rows of one page plus the total count of matches."""
+
+    rows: list[Packet]
+    total: int
+    has_more: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _conditions(tenant_id: str, filters: PacketFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [Packet.tenant_id == tenant_id]
+    if filters.statuses:
+        conditions.append(Packet.status.in_(list(filters.statuses)))
+    if filters.source_agent:
+        conditions.append(Packet.source_agent_id == filters.source_agent)
+    if filters.target_agent:
+        conditions.append(Packet.target_agent_id == filters.target_agent)
+    if filters.priority:
+        conditions.append(Packet.priority == filters.priority)
+    if filters.created_after:
+        conditions.append(Packet.created_at >= filters.created_after)
+    if filters.created_before:
+        conditions.append(Packet.created_at <= filters.created_before)
+    for tag in filters.tags:
+        conditions.append(
+            exists().where(
+                PacketTag.tenant_id == tenant_id,
+                PacketTag.tag == tag,
+                PacketTag.packet_id == Packet.id,
+            )
+        )
+    return conditions
+
+
+async def insert(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> Packet:
+    """Insert a packet with its tags."""
+    session.add(packet)
+    await session.flush()
+    for tag in dict.fromkeys(tags):
+        session.add(PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id))
+    await session.flush()
+    return packet
+
+
+async def get(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> Packet | None:
+    """The packet if it belongs to the tenant; always re-read from the database."""
+    result = await session.execute(
+        select(Packet)
+        .where(Packet.id == packet_id, Packet.tenant_id == tenant_id)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+async def compare_and_set(
+    session: AsyncSession,
+    packet: Packet,
+    values: dict[str, Any],
+    *,
+    allowed_statuses: Sequence[str] | None = None,
+) -> Packet | None:
+    """Apply `values` only if nobody changed the row since `packet` was read.
+
+    Returns the updated row, or None when another writer got there first (the caller re-reads).
+    """
+    conditions = [Packet.id == packet.id, Packet.row_version == packet.row_version]
+    if allowed_statuses is not None:
+        conditions.append(Packet.status.in_(list(allowed_statuses)))
+    statement = (
+        sql_update(Packet)
+        .where(*conditions)
+        .values(**values, row_version=Packet.row_version + 1)
+        .returning(Packet)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return result.scalar_one_or_none()
+
+
+async def replace_tags(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> None:
+    """Make the tag rows of a packet equal `tags`."""
+    await session.execute(delete(PacketTag).where(PacketTag.packet_id == packet.id))
+    for tag in dict.fromkeys(tags):
+        session.add(PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id))
+    await session.flush()
+
+
+async def list_page(
+    session: AsyncSession,
+    tenant_id: str,
+    filters: PacketFilter,
+    *,
+    limit: int,
+    offset: int,
+    cursor: tuple[datetime, uuid.UUID] | None,
+    oldest_first: bool = False,
+) -> Page:
+    """A page of packets, newest first by (created_at, id), by offset or by keyset cursor."""
+    conditions = _conditions(tenant_id, filters)
+    total_query = select(func.count()).select_from(Packet).where(*conditions)
+    total = int((await session.execute(total_query)).scalar_one())
+    query: Select[Packet] = select(Packet).where(*conditions)
+    if oldest_first:
+        query = query.order_by(Packet.created_at.asc(), Packet.id.asc())
+    else:
+        query = query.order_by(Packet.created_at.desc(), Packet.id.desc())
+    if cursor is not None:
+        cursor_at, cursor_id = cursor
+        query = query.where(
+            or_(
+                Packet.created_at < cursor_at,
+                and_(Packet.created_at == cursor_at, Packet.id < cursor_id),
+            )
+        )
+    else:
+        query = query.offset(offset)
+    rows = list((await session.execute(query.limit(limit + 1))).scalars())
+    has_more = len(rows) > limit
+    return Page(rows=rows[:limit], total=total, has_more=has_more)
+
+
+async def search(
+    session: AsyncSession,
+    tenant_id: str,
+    terms: Sequence[str],
+    filters: PacketFilter,
+    *,
+    limit: int,
+    offset: int,
+) -> Page:
+    """Full-text search ranked best first: FTS5 bm25 on SQLite, ts_rank on PostgreSQL."""
+    if not terms:
+        return Page(rows=[], total=0)
+    conditions = _conditions(tenant_id, filters)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        tsquery = func.plainto_tsquery("simple", " ".join(terms))
+        vector: ColumnElement[Any] = literal_column("packet.search_vector")
+        match = vector.op("@@")(tsquery)
+        rank = func.ts_rank(vector, tsquery).desc()
+        base = select(Packet).where(match, *conditions)
+        count = select(func.count()).select_from(Packet).where(match, *conditions)
+    else:
+        expression = policy.fts5_match(terms)
+        ranked = (
+            sql_text(
+                "SELECT rowid AS rid, bm25(packet_fts) AS r FROM packet_fts "
+                "WHERE packet_fts MATCH :match"
+            )
+            .bindparams(match=expression)
+            .columns(rid=Integer, r=Float)
+            .subquery("ranked")
+        )
+        rowid: ColumnElement[Any] = literal_column("packet.rowid")
+        base = select(Packet).join(ranked, ranked.c.rid == rowid).where(*conditions)
+        rank = ranked.c.r.asc()
+        count = (
+            select(func.count())
+            .select_from(Packet)
+            .join(ranked, ranked.c.rid == rowid)
+            .where(*conditions)
+        )
+    total = int((await session.execute(count)).scalar_one())
+    query = base.order_by(rank, Packet.created_at.desc()).limit(limit).offset(offset)
+    rows = list((await session.execute(query)).scalars())
+    return Page(rows=rows, total=total)
+
+
+async def claim_candidates(
+    session: AsyncSession,
+    tenant_id: str,
+    statuses: Sequence[str],
+    *,
+    target_agent: str | None,
+    tags: Sequence[str],
+    priorities: Sequence[str] | None,
+    now: datetime,
+    limit: int,
+) -> list[Packet]:
+    """Oldest highest-priority claimable packets (PostgreSQL skips rows locked by others)."""
+    filters = PacketFilter(statuses=statuses, target_agent=target_agent, tags=tags)
+    conditions = _conditions(tenant_id, filters)
+    if priorities is not None:
+        conditions.append(Packet.priority.in_(list(priorities)))
+    conditions.append(or_(Packet.expires_at.is_(None), Packet.expires_at > now))
+    query = (
+        select(Packet)
+        .where(*conditions)
+        .order_by(Packet.priority_rank.desc(), Packet.created_at.asc(), Packet.id.asc())
+        .limit(limit)
+        .execution_options(populate_existing=True)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list((await session.execute(query)).scalars())
+
+
+async def add_event(session: AsyncSession, event: PacketEvent) -> None:
+    """Append one event row."""
+    session.add(event)
+    await session.flush()
+
+
+async def history(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> list[PacketEvent]:
+    """Every event of a packet, oldest first."""
+    result = await session.execute(
+        select(PacketEvent)
+        .where(PacketEvent.tenant_id == tenant_id, PacketEvent.packet_id == packet_id)
+        .order_by(PacketEvent.created_at.asc(), PacketEvent.id.asc())
+    )
+    return list(result.scalars())
+
+
+async def due_for_expiry(session: AsyncSession, now: datetime, limit: int) -> list[Packet]:
+    """Packets whose deadline passed and that are not finished."""
+    query = (
+        select(Packet)
+        .where(
+            Packet.expires_at.is_not(None),
+            Packet.expires_at <= now,
+            Packet.status.in_(["created", "claimed", "in_progress", "awaiting_human"]),
+        )
+        .order_by(Packet.expires_at.asc())
+        .limit(limit)
+        .execution_options(populate_existing=True)
+    )
+    return list((await session.execute(query)).scalars())

@@ -1,0 +1,483 @@
+"""Packet use cases: create, read, list, search, update, delete, respond, chain, history.
+
+Claims live in `claims.py`. Every state change is a compare-and-set (never read-then-write) and
+writes its event row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handoffrail_server.clock import Clock
+from handoffrail_server.db.models import Packet, PacketEvent
+from handoffrail_server.errors import DomainError
+from handoffrail_server.packets import policy, repository
+from handoffrail_server.packets.errors import (
+    BatchTooLarge,
+    ConcurrentUpdate,
+    IllegalTransitionError,
+    InvalidCursorError,
+    NoHitlCheckpoint,
+    NotAwaitingHuman,
+    PacketAlreadyExpired,
+    PacketNotFound,
+)
+from handoffrail_server.packets.lifecycle import (
+    ACTIVE,
+    IllegalTransition,
+    PacketStatus,
+    check_transition,
+    initial_status,
+)
+from handoffrail_server.packets.schemas import (
+    BatchCreated,
+    BatchCreateError,
+    ChainRequest,
+    History,
+    HistoryEvent,
+    HitlRespond,
+    PacketCreate,
+    PacketPage,
+    PacketRead,
+    PacketUpdate,
+)
+from handoffrail_server.schema_registry import service as registry
+
+MAX_CAS_ATTEMPTS = 8
+
+
+def to_read(packet: Packet) -> PacketRead:
+    """Wire shape of a packet row."""
+    return PacketRead(
+        id=packet.id,
+        version=packet.version,
+        parent_packet_id=packet.parent_packet_id,
+        metadata=packet.packet_metadata,
+        context=packet.context,
+        decisions=packet.decisions,
+        actions=packet.actions,
+        dependencies=packet.dependencies,
+        hitl=packet.hitl,
+        status=PacketStatus(packet.status),
+        schema_id=packet.schema_id,
+        created_at=packet.created_at,
+        updated_at=packet.updated_at,
+    )
+
+
+def validation_summary(error: ValidationError) -> str:
+    """One line naming the first invalid field."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    message = str(first.get("msg", "invalid"))
+    return f"{where}: {message}" if where else message
+
+
+class PacketService:
+    """Packet use cases for one tenant within one unit of work."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        clock: Clock,
+        tenant_id: str,
+        *,
+        key_id: str | None = None,
+        request_id: str | None = None,
+        ttl_seconds: int = 86_400,
+        max_batch: int = 50,
+    ) -> None:
+        self.session = session
+        self.clock = clock
+        self.tenant_id = tenant_id
+        self.key_id = key_id
+        self.request_id = request_id
+        self.ttl_seconds = ttl_seconds
+        self.max_batch = max_batch
+
+    # -- shared helpers -------------------------------------------------------------------
+
+    async def load(self, packet_id: uuid.UUID) -> Packet:
+        """The packet or `PacketNotFound` (other tenants' packets are not found either)."""
+        packet = await repository.get(self.session, self.tenant_id, packet_id)
+        if packet is None:
+            raise PacketNotFound(f"Packet {packet_id} not found")
+        return packet
+
+    async def record(
+        self,
+        packet: Packet,
+        event_type: str,
+        actor: str,
+        *,
+        from_status: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an event row in the current transaction."""
+        body = dict(details or {})
+        if self.key_id:
+            body.setdefault("api_key_id", self.key_id)
+        await repository.add_event(
+            self.session,
+            PacketEvent(
+                id=uuid.uuid4(),
+                tenant_id=self.tenant_id,
+                packet_id=packet.id,
+                event_type=event_type,
+                actor=actor[:512],
+                from_status=from_status,
+                to_status=packet.status,
+                request_id=self.request_id,
+                details=body or None,
+                created_at=self.clock.now(),
+            ),
+        )
+
+    @staticmethod
+    def agent_actor(packet: Packet) -> str:
+        """`agent:<id>` of whoever holds (or is meant to receive) the packet."""
+        return f"agent:{packet.claimed_by_agent_id or packet.target_agent_id}"
+
+    # -- create -------------------------------------------------------------------------------
+
+    async def _insert(
+        self,
+        body: ChainRequest,
+        *,
+        parent_packet_id: uuid.UUID | None,
+        prefix_conversation: Sequence[dict[str, Any]] = (),
+    ) -> Packet:
+        document = body.model_dump(mode="json", exclude={"schema_id", "parent_packet_id"})
+        if prefix_conversation:
+            document["context"]["conversation_state"] = [
+                *prefix_conversation,
+                *document["context"]["conversation_state"],
+            ]
+        if body.schema_id:
+            await registry.validate_context(
+                self.session, self.tenant_id, body.schema_id, document["context"]
+            )
+        now = self.clock.now()
+        metadata = document["metadata"]
+        metadata["created_at"] = metadata.get("created_at") or now.isoformat()
+        metadata["claimed_at"] = None
+        metadata["completed_at"] = None
+        tags = [str(tag) for tag in metadata.get("tags", [])]
+        status = initial_status(body.hitl is not None and body.hitl.required)
+        packet = Packet(
+            id=uuid.uuid4(),
+            tenant_id=self.tenant_id,
+            parent_packet_id=parent_packet_id,
+            version="1.0.0",
+            status=status.value,
+            priority=metadata["priority"],
+            priority_rank=policy.PRIORITY_RANK[metadata["priority"]],
+            source_agent_id=metadata["source_agent"]["id"],
+            target_agent_id=metadata["target_agent"]["id"],
+            schema_id=body.schema_id,
+            packet_metadata=metadata,
+            context=document["context"],
+            decisions=document["decisions"],
+            actions=document["actions"],
+            dependencies=document["dependencies"],
+            hitl=document["hitl"],
+            search_text=policy.search_text(document),
+            row_version=1,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=self.ttl_seconds),
+        )
+        await repository.insert(self.session, packet, tags)
+        details: dict[str, Any] = {"status": status.value}
+        if parent_packet_id:
+            details["parent_packet_id"] = str(parent_packet_id)
+        await self.record(packet, "created", f"agent:{packet.source_agent_id}", details=details)
+        return packet
+
+    async def create(self, body: PacketCreate) -> Packet:
+        """Create a packet; a `parent_packet_id` must name a packet of the same tenant."""
+        if body.parent_packet_id is not None:
+            await self.load(body.parent_packet_id)
+        return await self._insert(body, parent_packet_id=body.parent_packet_id)
+
+    async def create_many(self, raw_packets: list[dict[str, Any]]) -> BatchCreated:
+        """Create each valid packet; report the others by index."""
+        if len(raw_packets) > self.max_batch:
+            raise BatchTooLarge(f"Batch size exceeds maximum of {self.max_batch}")
+        created: list[PacketRead] = []
+        errors: list[BatchCreateError] = []
+        for index, raw in enumerate(raw_packets):
+            try:
+                body = PacketCreate.model_validate(raw)
+                async with self.session.begin_nested():
+                    created.append(to_read(await self.create(body)))
+            except ValidationError as exc:
+                errors.append(BatchCreateError(index=index, error=validation_summary(exc)))
+            except DomainError as exc:
+                errors.append(BatchCreateError(index=index, error=exc.detail))
+        return BatchCreated(created=created, errors=errors)
+
+    async def chain(self, parent_id: uuid.UUID, body: ChainRequest) -> Packet:
+        """Create a child packet that inherits the parent's conversation (parent in any state)."""
+        parent = await self.load(parent_id)
+        child = await self._insert(
+            body,
+            parent_packet_id=parent.id,
+            prefix_conversation=parent.context.get("conversation_state", []),
+        )
+        await self.record(
+            parent,
+            "chained",
+            f"agent:{child.source_agent_id}",
+            details={"child_packet_id": str(child.id)},
+        )
+        return child
+
+    # -- read ---------------------------------------------------------------------------------
+
+    async def page(
+        self,
+        filters: repository.PacketFilter,
+        *,
+        limit: int,
+        offset: int,
+        cursor: str | None,
+    ) -> PacketPage:
+        """A page of packets newest first (offset or cursor)."""
+        position = None
+        if cursor:
+            try:
+                position = policy.decode_cursor(cursor)
+            except policy.InvalidCursor:
+                raise InvalidCursorError() from None
+        result = await repository.list_page(
+            self.session, self.tenant_id, filters, limit=limit, offset=offset, cursor=position
+        )
+        next_cursor = None
+        if result.has_more and result.rows:
+            last = result.rows[-1]
+            next_cursor = policy.encode_cursor(last.created_at, last.id)
+        return PacketPage(
+            packets=[to_read(row) for row in result.rows],
+            total=result.total,
+            limit=limit,
+            offset=offset,
+            next_cursor=next_cursor,
+        )
+
+    async def awaiting(self, *, limit: int, offset: int) -> PacketPage:
+        """Packets awaiting a human, oldest first."""
+        filters = repository.PacketFilter(statuses=[PacketStatus.AWAITING_HUMAN.value])
+        result = await repository.list_page(
+            self.session,
+            self.tenant_id,
+            filters,
+            limit=limit,
+            offset=offset,
+            cursor=None,
+            oldest_first=True,
+        )
+        return PacketPage(
+            packets=[to_read(row) for row in result.rows],
+            total=result.total,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def search(
+        self, query: str, filters: repository.PacketFilter, *, limit: int, offset: int
+    ) -> PacketPage:
+        """Full-text search, best match first; any punctuation in `query` is safe."""
+        terms = policy.search_terms(query)
+        result = await repository.search(
+            self.session, self.tenant_id, terms, filters, limit=limit, offset=offset
+        )
+        return PacketPage(
+            packets=[to_read(row) for row in result.rows],
+            total=result.total,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def history(self, packet_id: uuid.UUID) -> History:
+        """Every event of a packet, oldest first."""
+        await self.load(packet_id)
+        events = await repository.history(self.session, self.tenant_id, packet_id)
+        return History(
+            packet_id=str(packet_id),
+            events=[
+                HistoryEvent(
+                    id=str(event.id),
+                    packet_id=str(event.packet_id),
+                    event_type=event.event_type,
+                    actor=event.actor,
+                    details=event.details,
+                    timestamp=event.created_at,
+                )
+                for event in events
+            ],
+        )
+
+    # -- change -------------------------------------------------------------------------------
+
+    async def update(
+        self, packet_id: uuid.UUID, body: PacketUpdate, *, actor: str | None = None
+    ) -> Packet:
+        """PATCH: status transition plus the merge rules of CONTRACT.md §5."""
+        changes = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        for _attempt in range(MAX_CAS_ATTEMPTS):
+            packet = await self.load(packet_id)
+            current = PacketStatus(packet.status)
+            values: dict[str, Any] = {}
+            document: dict[str, Any] = {
+                "metadata": dict(packet.packet_metadata),
+                "context": packet.context,
+                "decisions": packet.decisions,
+                "actions": packet.actions,
+            }
+            target = PacketStatus(changes["status"]) if "status" in changes else None
+            if target is not None and target is not current:
+                try:
+                    check_transition(current, target)
+                except IllegalTransition as exc:
+                    raise IllegalTransitionError(exc.message, field="status") from None
+                values["status"] = target.value
+                now_iso = self.clock.now().isoformat()
+                if target is PacketStatus.COMPLETED:
+                    document["metadata"]["completed_at"] = now_iso
+                    values["completed_at"] = self.clock.now()
+                if target is PacketStatus.CLAIMED:
+                    document["metadata"]["claimed_at"] = now_iso
+                    values["claimed_at"] = self.clock.now()
+                values["packet_metadata"] = document["metadata"]
+            if "context" in changes:
+                values["context"] = document["context"] = changes["context"]
+            if "decisions" in changes:
+                merged = policy.merge_decisions(packet.decisions, changes["decisions"])
+                values["decisions"] = document["decisions"] = merged
+            if "actions" in changes:
+                merged_actions = policy.merge_actions(packet.actions, changes["actions"])
+                values["actions"] = document["actions"] = merged_actions
+            if "dependencies" in changes:
+                values["dependencies"] = changes["dependencies"]
+            if "hitl" in changes:
+                values["hitl"] = changes["hitl"]
+            if not values:
+                return packet
+            if {"context", "decisions", "actions"} & values.keys():
+                values["search_text"] = policy.search_text(document)
+            values["updated_at"] = self.clock.now()
+            updated = await repository.compare_and_set(self.session, packet, values)
+            if updated is None:
+                continue
+            who = actor or self.agent_actor(updated)
+            if "status" in values:
+                await self.record(updated, updated.status, who, from_status=current.value)
+            else:
+                fields = sorted(key for key in changes if key != "status")
+                await self.record(updated, "updated", who, details={"fields": fields})
+            return updated
+        raise ConcurrentUpdate(f"Packet {packet_id} is being changed concurrently; retry")
+
+    async def complete_many(
+        self, packet_ids: Sequence[uuid.UUID]
+    ) -> tuple[list[Packet], list[tuple[str, str]]]:
+        """Complete each packet (each must be in progress); report failures per id."""
+        done: list[Packet] = []
+        errors: list[tuple[str, str]] = []
+        body = PacketUpdate(status=PacketStatus.COMPLETED)
+        for packet_id in packet_ids:
+            try:
+                async with self.session.begin_nested():
+                    done.append(await self.update(packet_id, body, actor="system:batch_complete"))
+            except DomainError as exc:
+                errors.append((str(packet_id), exc.detail))
+        return done, errors
+
+    async def delete(self, packet_id: uuid.UUID) -> None:
+        """Soft delete: the packet becomes `expired`."""
+        for _attempt in range(MAX_CAS_ATTEMPTS):
+            packet = await self.load(packet_id)
+            if packet.status == PacketStatus.EXPIRED:
+                raise PacketAlreadyExpired(f"Packet {packet_id} is already expired")
+            previous = packet.status
+            updated = await repository.compare_and_set(
+                self.session,
+                packet,
+                {"status": PacketStatus.EXPIRED.value, "updated_at": self.clock.now()},
+            )
+            if updated is not None:
+                await self.record(updated, "expired", "system:soft_delete", from_status=previous)
+                return
+        raise ConcurrentUpdate(f"Packet {packet_id} is being changed concurrently; retry")
+
+    async def respond(self, packet_id: uuid.UUID, body: HitlRespond) -> Packet:
+        """Record a human's answer; the packet goes back to `claimed`."""
+        for _attempt in range(MAX_CAS_ATTEMPTS):
+            packet = await self.load(packet_id)
+            if packet.status != PacketStatus.AWAITING_HUMAN:
+                raise NotAwaitingHuman(
+                    f"Packet {packet_id} is not awaiting human input (status: {packet.status})"
+                )
+            if packet.hitl is None:
+                raise NoHitlCheckpoint(f"Packet {packet_id} has no HITL checkpoint")
+            now = self.clock.now()
+            hitl = dict(packet.hitl)
+            hitl.update(
+                response=body.response,
+                responded_by=body.responded_by,
+                responded_at=now.isoformat(),
+                notes=body.notes,
+            )
+            metadata = dict(packet.packet_metadata)
+            metadata["claimed_at"] = now.isoformat()
+            updated = await repository.compare_and_set(
+                self.session,
+                packet,
+                {
+                    "status": PacketStatus.CLAIMED.value,
+                    "hitl": hitl,
+                    "packet_metadata": metadata,
+                    "claimed_at": now,
+                    "updated_at": now,
+                },
+                allowed_statuses=[PacketStatus.AWAITING_HUMAN.value],
+            )
+            if updated is not None:
+                await self.record(
+                    updated,
+                    "hitl_responded",
+                    f"human:{body.responded_by}",
+                    from_status=PacketStatus.AWAITING_HUMAN.value,
+                    details={"response": body.response},
+                )
+                return updated
+        raise ConcurrentUpdate(f"Packet {packet_id} is being changed concurrently; retry")
+
+
+async def expire_due(session: AsyncSession, clock: Clock, *, limit: int = 500) -> int:
+    """Expire unfinished packets whose deadline passed; returns how many (idempotent job)."""
+    now: datetime = clock.now()
+    expired = 0
+    for packet in await repository.due_for_expiry(session, now, limit):
+        previous = packet.status
+        if PacketStatus(previous) not in ACTIVE:
+            continue
+        updated = await repository.compare_and_set(
+            session,
+            packet,
+            {"status": PacketStatus.EXPIRED.value, "updated_at": now},
+            allowed_statuses=[status.value for status in ACTIVE],
+        )
+        if updated is None:
+            continue
+        service = PacketService(session, clock, packet.tenant_id)
+        await service.record(updated, "expired", "system:expiry", from_status=previous)
+        expired += 1
+    return expired

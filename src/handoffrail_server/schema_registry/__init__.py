@@ -1,0 +1,1 @@
+"""Schema registry: tenants register JSON Schemas that packet contexts are validated against."""

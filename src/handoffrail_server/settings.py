@@ -1,0 +1,241 @@
+"""Process settings read from `HR_*` environment variables; validated once at start-up.
+
+Nothing here opens connections: it only parses, normalises and refuses bad values with a message
+that names the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KEY_PATTERN = re.compile(r"^hr_[A-Za-z0-9_-]{43}$")
+
+# libpq's SSL query parameters, which asyncpg does not accept as keywords (DEPLOY.md gotcha).
+_SSL_PARAMS = {"sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"}
+
+
+class Environment(StrEnum):
+    """Where the process runs; decides safety checks and defaults."""
+
+    DEVELOPMENT = "development"  #: laptop: SQLite, console logs, migrations applied by `serve`
+    STAGING = "staging"  #: production-like, warns instead of refusing where safe
+    PRODUCTION = "production"  #: refuses unsafe settings at start
+
+
+_ENV_ALIASES = {"dev": "development", "prod": "production", "stage": "staging"}
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the `HR_*` variable and the fix."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Rewrite `postgres://`/`postgresql://` URLs to the asyncpg driver and libpq SSL params.
+
+    `sslmode=require` (as managed PostgreSQL providers print it) becomes asyncpg's `ssl=require`.
+    """
+    url = url.strip()
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    for prefix in (
+        "postgres://",
+        "postgresql://",
+        "postgresql+psycopg2://",
+        "postgresql+psycopg://",
+    ):
+        if url.startswith(prefix):
+            url = "postgresql+asyncpg://" + url[len(prefix) :]
+            break
+    if not url.startswith("postgresql+asyncpg://"):
+        return url
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept: list[tuple[str, str]] = []
+    ssl_value: str | None = None
+    for name, value in query:
+        if name == "sslmode":
+            ssl_value = value
+        elif name in _SSL_PARAMS:
+            # asyncpg takes certificates through an SSLContext; these are not URL keywords.
+            continue
+        else:
+            kept.append((name, value))
+    if ssl_value is not None and not any(name == "ssl" for name, _ in kept):
+        kept.append(("ssl", ssl_value))
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def redact_url(url: str) -> str:
+    """Return the URL with any password replaced by `***` (for logs and doctor output)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Settings(BaseSettings):
+    """All process settings. Built by `get_settings()` or explicitly in tests."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HR_", env_file=None, extra="ignore", case_sensitive=False
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    database_url: str = "sqlite+aiosqlite:///./handoffrail.db"
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: str = "info"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    tier_default: str = "free"
+    secret_key: SecretStr = SecretStr("dev-insecure-secret-key-change-me")
+    bootstrap_api_key: SecretStr | None = None
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    db_pool_recycle: int = Field(default=1800, ge=-1)
+    db_statement_cache_size: int = Field(default=100, ge=0)
+    db_echo: bool = False
+    packet_ttl_seconds: int = Field(default=86400, ge=60)
+    max_batch_size: int = Field(default=50, ge=1, le=500)
+    docs_enabled: bool = True
+    expiry_interval_seconds: float = Field(default=60.0, ge=0)
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment_alias(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return _ENV_ALIASES.get(lowered, lowered)
+        return value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("must be a database URL such as sqlite+aiosqlite:///./handoffrail.db")
+        normalized = normalize_database_url(value)
+        if not normalized.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("only SQLite (sqlite+aiosqlite://) and PostgreSQL URLs are supported")
+        return normalized
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in {"debug", "info", "warning", "error", "critical"}:
+                raise ValueError("must be one of debug, info, warning, error, critical")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _cors_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return []
+            if text.startswith("["):
+                try:
+                    parsed = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError('must be a JSON list such as ["https://app.example"]') from exc
+                return parsed
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("tier_default", mode="before")
+    @classmethod
+    def _tier(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in {"free", "pro", "business"}:
+                raise ValueError("must be one of free, pro, business")
+        return value
+
+    @field_validator("bootstrap_api_key", mode="before")
+    @classmethod
+    def _bootstrap_key(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if not KEY_PATTERN.match(value.strip()):
+                raise ValueError(
+                    "must look like a generated key: 'hr_' followed by 43 URL-safe characters "
+                    "(make one with: handoffrail keys generate)"
+                )
+            return value.strip()
+        return value
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Settings:
+        if self.environment is Environment.DEVELOPMENT:
+            return self
+        if self.is_sqlite:
+            raise ValueError(
+                "HR_DATABASE_URL: SQLite is for development only; set a PostgreSQL URL in "
+                f"{self.environment.value}"
+            )
+        if self.environment is Environment.PRODUCTION:
+            secret = self.secret_key.get_secret_value()
+            if len(secret) < 32 or "change-me" in secret or "changeme" in secret.lower():
+                raise ValueError(
+                    "HR_SECRET_KEY: production needs a random secret of at least 32 characters "
+                    "(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                )
+            if "*" in self.cors_origins:
+                raise ValueError(
+                    "HR_CORS_ORIGINS: '*' is refused in production; list the allowed origins"
+                )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is the embedded SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_development(self) -> bool:
+        """True in the development environment."""
+        return self.environment is Environment.DEVELOPMENT
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, turning pydantic errors into one `SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        messages = []
+        for error in exc.errors():
+            location = ".".join(str(part) for part in error["loc"])
+            variable = f"HR_{location.upper()}" if location else "settings"
+            text = str(error["msg"]).removeprefix("Value error, ")
+            if text.startswith("HR_"):
+                messages.append(text)
+            else:
+                messages.append(f"{variable}: {text}")
+        raise SettingsError("; ".join(messages)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings (cached); tests build `Settings` directly instead."""
+    return load_settings()

@@ -1,0 +1,1 @@
+"""Tenants: isolated customer accounts with a tier and quota overrides."""

@@ -1,0 +1,261 @@
+"""Shared fixtures: databases (SQLite and a throw-away PostgreSQL database), apps, keys, servers.
+
+PostgreSQL tests skip when the server is unreachable, except under CI (`CI` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from handoffrail_server.api.roles import Role
+from handoffrail_server.clock import SystemClock
+from handoffrail_server.db import migrations
+from handoffrail_server.db.engine import create_engine, create_sessionmaker
+from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.keys import service as keys_service
+from handoffrail_server.main import create_app
+from handoffrail_server.settings import Settings
+
+PG_ADMIN_DSN = os.environ.get("HR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _pg_reachable() -> bool:
+    async def probe() -> bool:
+        try:
+            connection = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await connection.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+def require_postgres() -> None:
+    """Skip (locally) or fail (CI) when PostgreSQL is unreachable."""
+    if not _pg_reachable():
+        message = f"PostgreSQL unreachable at {PG_ADMIN_DSN}"
+        if IN_CI:
+            pytest.fail(message + " (CI must run PostgreSQL tests for real)")
+        pytest.skip(message)
+
+
+def _pg_url(database: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    return f"{base}/{database}"
+
+
+def create_pg_database() -> tuple[str, str]:
+    """Create a uniquely named database; returns (name, SQLAlchemy URL)."""
+    name = f"hr_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    return name, _pg_url(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def drop_pg_database(name: str) -> None:
+    """Drop a test database, terminating leftover connections."""
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each backend (not migrated)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
+    require_postgres()
+    name, url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """An empty PostgreSQL database only."""
+    require_postgres()
+    name, url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture
+def migrated_url(database_url: str) -> str:
+    """A database at the head revision, on each backend."""
+    migrations.upgrade(database_url)
+    return database_url
+
+
+def make_settings(url: str, **overrides: object) -> Settings:
+    """Development settings for a test database (no background expiry loop)."""
+    values: dict[str, object] = {
+        "database_url": url,
+        "environment": "development",
+        "expiry_interval_seconds": 0,
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def bootstrap_operator_key(url: str) -> str:
+    """Create the first operator key in a migrated database and return it."""
+
+    async def run() -> str:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            async with unit_of_work(create_sessionmaker(engine)) as session:
+                plain = await keys_service.bootstrap(
+                    session, SystemClock(), plain=None, tier="business"
+                )
+        finally:
+            await engine.dispose()
+        assert plain is not None
+        return plain
+
+    return asyncio.run(run())
+
+
+@dataclass
+class Api:
+    """An app plus an operator key and an async HTTP client bound to it."""
+
+    app: FastAPI
+    url: str
+    operator_key: str
+    client: httpx.AsyncClient
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        """Auth headers for `key` (the operator key by default)."""
+        return {"X-API-Key": key or self.operator_key}
+
+    async def new_key(self, role: Role = Role.ADMIN, tenant_id: str | None = None) -> str:
+        """Create a key through the API (operator) and return the plain key."""
+        body: dict[str, object] = {"name": f"test-{role.value}", "role": role.value}
+        if tenant_id:
+            body["tenant_id"] = tenant_id
+        response = await self.client.post("/api/v1/keys", json=body, headers=self.headers())
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    async def new_tenant_admin(self, tier: str = "business") -> tuple[str, str]:
+        """A fresh tenant and an admin key of it: (tenant_id, key)."""
+        response = await self.client.post(
+            "/api/v1/tenants",
+            json={"name": f"tenant-{uuid.uuid4().hex[:8]}", "tier": tier},
+            headers=self.headers(),
+        )
+        assert response.status_code == 201, response.text
+        tenant_id = str(response.json()["id"])
+        return tenant_id, await self.new_key(Role.ADMIN, tenant_id)
+
+
+@pytest.fixture
+async def api(migrated_url: str) -> AsyncIterator[Api]:
+    """The app on each backend, with an operator key, driven in-process over ASGI."""
+    operator_key = await asyncio.to_thread(bootstrap_operator_key, migrated_url)
+    app = create_app(make_settings(migrated_url))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        yield Api(app=app, url=migrated_url, operator_key=operator_key, client=client)
+
+
+def free_port() -> int:
+    """An unused loopback TCP port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A real Uvicorn server on loopback, in a thread."""
+
+    base_url: str
+    api_url: str
+    operator_key: str
+    database_url: str
+
+
+@pytest.fixture
+def live_server(migrated_url: str) -> Iterator[LiveServer]:
+    """Uvicorn serving the app on 127.0.0.1:<free port> for real HTTP clients (the SDK)."""
+    operator_key = bootstrap_operator_key(migrated_url)
+    app = create_app(make_settings(migrated_url))
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        yield LiveServer(base, f"{base}/api/v1", operator_key, migrated_url)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def packet_body(
+    summary: str = "Customer wants a refund",
+    *,
+    source: str = "sales-01",
+    target: str = "billing-01",
+    tags: list[str] | None = None,
+    priority: str = "normal",
+    hitl: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """A minimal valid create body."""
+    body: dict[str, object] = {
+        "metadata": {
+            "source_agent": {"id": source, "name": source.title()},
+            "target_agent": {"id": target, "name": target.title()},
+            "priority": priority,
+            "tags": tags or [],
+        },
+        "context": {"summary": summary},
+    }
+    if hitl is not None:
+        body["hitl"] = hitl
+    return body
