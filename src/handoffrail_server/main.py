@@ -20,9 +20,16 @@ from handoffrail_server.clock import Clock, SystemClock
 from handoffrail_server.db import migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.infra.redis import create_redis
 from handoffrail_server.keys import service as keys_service
 from handoffrail_server.observability.logging import configure_logging
-from handoffrail_server.observability.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from handoffrail_server.observability.metrics import MetricsMiddleware
+from handoffrail_server.observability.middleware import (
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+)
+from handoffrail_server.observability.sentry import init_sentry
 from handoffrail_server.packets.service import expire_due
 from handoffrail_server.settings import Settings, get_settings
 
@@ -66,7 +73,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         engine=engine,
         sessions=create_sessionmaker(engine),
         clock=clock or SystemClock(),
+        redis=create_redis(settings.redis_url),
     )
+    if settings.sentry_dsn is not None:
+        init_sentry(settings.sentry_dsn.get_secret_value(), settings.environment.value, __version__)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +108,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
             await engine.dispose()
+            if state.redis is not None:
+                await state.redis.aclose()
 
     show_docs = settings.docs_enabled
     app = FastAPI(
@@ -105,6 +117,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         version=__version__,
         summary="Session-continuity middleware for multi-agent AI workflows",
         lifespan=lifespan,
+        debug=settings.debug,
         docs_url="/docs" if show_docs else None,
         redoc_url="/redoc" if show_docs else None,
         openapi_url="/openapi.json" if show_docs else None,
@@ -125,5 +138,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=50, ge=1, le=500)
     docs_enabled: bool = True
     expiry_interval_seconds: float = Field(default=60.0, ge=0)
+    debug: bool = False
+    metrics_token: SecretStr | None = None
+    sentry_dsn: SecretStr | None = None
+    forwarded_allow_ips: str = "127.0.0.1"
 
     @field_validator("environment", mode="before")
     @classmethod
@@ -205,6 +209,8 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "HR_CORS_ORIGINS: '*' is refused in production; list the allowed origins"
                 )
+            if self.debug:
+                raise ValueError("HR_DEBUG: debug mode is refused in production; unset HR_DEBUG")
         return self
 
     @property

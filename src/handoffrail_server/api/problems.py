@@ -11,10 +11,13 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from handoffrail_server.errors import DomainError
+from handoffrail_server.observability.metrics import DB_ERRORS
 
 PROBLEM_TYPE_BASE = "https://handoffrail.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -105,7 +108,25 @@ async def _recursion_error(_request: Request, _exc: Exception) -> Response:
     )
 
 
+def _database_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | OSError):
+        return True
+    if isinstance(exc, TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    if _database_unavailable(exc):
+        DB_ERRORS.inc()
+        log.warning("database.unavailable", path=request.url.path, error=type(exc).__name__)
+        return problem(
+            503,
+            "service.database_unavailable",
+            "Service unavailable",
+            "The database is unavailable; retry shortly",
+            headers={"Retry-After": "5"},
+        )
     log.error(
         "request.failed", path=request.url.path, method=request.method, error=type(exc).__name__
     )

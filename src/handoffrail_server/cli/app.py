@@ -258,6 +258,15 @@ def tenants_set_tier(tenant: str, tier: str) -> None:
     console.print(f"tenant {tenant} is now {tier}")
 
 
+@app.command()
+def doctor() -> None:
+    """Check configuration, database, migrations and Redis; exit 1 when any check fails."""
+    from handoffrail_server.cli.doctor import render, run_checks
+
+    if not render(run_checks(), console):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from handoffrail_server.db.models import Packet
 from handoffrail_server.errors import DomainError
+from handoffrail_server.observability import metrics
 from handoffrail_server.packets import policy, repository
 from handoffrail_server.packets.errors import (
     ConcurrentUpdate,
@@ -36,6 +37,13 @@ def _claimant(body: PacketClaim) -> dict[str, Any]:
     return {"id": body.agent_id, "name": body.agent_name, "framework": body.framework}
 
 
+def _holder_text(holder: Any) -> str:
+    """`agent 'id' (name)` for the 409 detail, which the SDK shows as the error message."""
+    if not isinstance(holder, dict):
+        return "another agent"
+    return f"agent '{holder.get('id')}' ({holder.get('name')})"
+
+
 async def _try_claim(service: PacketService, packet: Packet, body: PacketClaim) -> Packet | None:
     """One compare-and-set attempt; None when someone else changed the row first."""
     refusal = claim_refusal(PacketStatus(packet.status))
@@ -44,7 +52,10 @@ async def _try_claim(service: PacketService, packet: Packet, body: PacketClaim) 
         refusal = ClaimRefusal.EXPIRED
     if refusal is ClaimRefusal.ALREADY_CLAIMED:
         holder = packet.packet_metadata.get("target_agent")
-        raise PacketAlreadyClaimed(f"Packet {packet.id} is already claimed", claimed_by=holder)
+        metrics.CLAIM_CONFLICTS.inc()
+        raise PacketAlreadyClaimed(
+            f"Packet {packet.id} is already claimed by {_holder_text(holder)}", claimed_by=holder
+        )
     if refusal is ClaimRefusal.EXPIRED:
         raise PacketExpired(f"Packet {packet.id} has expired")
     if refusal is ClaimRefusal.BAD_STATUS:

@@ -98,6 +98,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         UnicodeError,
         binascii.Error,
         json.JSONDecodeError,
+        RecursionError,  # a ~1,500-character cursor of nested JSON arrays
     ) as exc:
         raise InvalidCursor("Invalid cursor") from exc
     if created_at.tzinfo is None:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import Packet, PacketEvent
 from handoffrail_server.errors import DomainError
+from handoffrail_server.observability import metrics
 from handoffrail_server.packets import policy, repository
 from handoffrail_server.packets.errors import (
     BatchTooLarge,
@@ -138,6 +139,12 @@ class PacketService:
                 created_at=self.clock.now(),
             ),
         )
+        if event_type == "created":
+            metrics.PACKETS_CREATED.labels(self.tenant_id).inc()
+        elif event_type == PacketStatus.COMPLETED:
+            metrics.HANDOFFS.labels(self.tenant_id).inc()
+        if from_status is not None and from_status != packet.status:
+            metrics.PACKET_TRANSITIONS.labels(packet.status).inc()
 
     @staticmethod
     def agent_actor(packet: Packet) -> str:

@@ -1,0 +1,131 @@
+"""Prometheus metrics with seed 000's names; multiprocess-safe under Gunicorn.
+
+When `PROMETHEUS_MULTIPROC_DIR` is set (the Gunicorn config sets it), every worker writes its
+samples there and `/metrics` merges them, so counters are summed across workers.
+`endpoint` is always the route template (never the raw path: ids would explode cardinality).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter(
+    "handoffrail_requests_total",
+    "Total HTTP requests",
+    ["method", "endpoint", "status_code"],
+)
+LATENCY = Histogram(
+    "handoffrail_request_latency_seconds",
+    "Request latency",
+    ["method", "endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+ACTIVE_PACKETS = Gauge(
+    "handoffrail_active_packets",
+    "Currently active (non-terminal) packets",
+    multiprocess_mode="mostrecent",
+)
+HANDOFFS = Counter(
+    "handoffrail_handoffs_total",
+    "Completed handoffs per tenant",
+    ["tenant_id"],
+)
+PACKETS_CREATED = Counter(
+    "handoffrail_packets_created_total",
+    "Packets created per tenant",
+    ["tenant_id"],
+)
+PACKET_TRANSITIONS = Counter(
+    "handoffrail_packet_transitions_total",
+    "Packet status changes by target status",
+    ["status"],
+)
+CLAIM_CONFLICTS = Counter(
+    "handoffrail_claim_conflicts_total",
+    "Claims refused because another agent already held the packet",
+)
+DB_POOL_CHECKED_OUT = Gauge(
+    "handoffrail_db_pool_checked_out",
+    "Database connections currently checked out of this process's pool",
+    multiprocess_mode="livesum",
+)
+DB_POOL_SIZE = Gauge(
+    "handoffrail_db_pool_size",
+    "Configured database pool size of this process",
+    multiprocess_mode="livesum",
+)
+DB_ERRORS = Counter(
+    "handoffrail_db_unavailable_total",
+    "Requests answered 503 because the database was unavailable",
+)
+
+UNMATCHED = "unmatched"
+log = structlog.get_logger("handoffrail.access")
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text (merged across workers in multiprocess mode) and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template, or `unmatched`."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class MetricsMiddleware:
+    """Count and time every HTTP request by route template; write one access-log event."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            endpoint = route_template(scope)
+            method = str(scope.get("method", "GET"))
+            REQUESTS.labels(method, endpoint, str(status_code)).inc()
+            LATENCY.labels(method, endpoint).observe(elapsed)
+            principal = scope.get("state", {}).get("principal")
+            log.info(
+                "http.request",
+                method=method,
+                endpoint=endpoint,
+                status_code=status_code,
+                duration_ms=round(elapsed * 1000, 2),
+                tenant_id=getattr(principal, "tenant_id", None),
+                api_key_id=getattr(principal, "key_id", None),
+            )
