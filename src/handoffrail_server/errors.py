@@ -20,6 +20,8 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        #: extra response headers (e.g. Retry-After)
+        self.headers: dict[str, str] = {}
 
 
 class NotFound(DomainError):

@@ -22,6 +22,7 @@ from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.infra.redis import create_redis
 from handoffrail_server.keys import service as keys_service
+from handoffrail_server.limits.ratelimit import RateLimiter
 from handoffrail_server.observability.logging import configure_logging
 from handoffrail_server.observability.metrics import MetricsMiddleware
 from handoffrail_server.observability.middleware import (
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         sessions=create_sessionmaker(engine),
         clock=clock or SystemClock(),
         redis=create_redis(settings.redis_url),
+        limiter=RateLimiter(settings.redis_url, prefix=settings.redis_prefix),
     )
     if settings.sentry_dsn is not None:
         init_sentry(settings.sentry_dsn.get_secret_value(), settings.environment.value, __version__)
@@ -110,6 +112,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             await engine.dispose()
             if state.redis is not None:
                 await state.redis.aclose()
+            if state.limiter is not None:
+                await state.limiter.close()
 
     show_docs = settings.docs_enabled
     app = FastAPI(

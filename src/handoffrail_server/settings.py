@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from handoffrail_server.limits.tiers import Quotas, parse_overrides
 
 KEY_PATTERN = re.compile(r"^hr_[A-Za-z0-9_-]{43}$")
 
@@ -113,6 +115,11 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     sentry_dsn: SecretStr | None = None
     forwarded_allow_ips: str = "127.0.0.1"
+    tier_quotas: str | None = None
+    rate_limit_enabled: bool = True
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    auth_failures_per_minute: int = Field(default=30, ge=0)
+    redis_prefix: str = Field(default="hr", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
     @field_validator("environment", mode="before")
     @classmethod
@@ -188,6 +195,19 @@ class Settings(BaseSettings):
                 )
             return value.strip()
         return value
+
+    @field_validator("tier_quotas", mode="after")
+    @classmethod
+    def _tier_quotas(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_overrides(value)  # raises with the bad tier/key named
+            return value
+        return None
+
+    @cached_property
+    def tiers(self) -> dict[str, Quotas]:
+        """The tier table with `HR_TIER_QUOTAS` applied."""
+        return parse_overrides(self.tier_quotas)
 
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:

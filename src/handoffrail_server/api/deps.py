@@ -14,9 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from handoffrail_server.api.roles import allows, required_role
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.uow import unit_of_work
-from handoffrail_server.errors import PermissionDenied
+from handoffrail_server.errors import AuthenticationFailed, PermissionDenied, Unprocessable
 from handoffrail_server.keys import service as keys_service
 from handoffrail_server.keys.service import Principal
+from handoffrail_server.limits.errors import PacketTooLarge, RateLimited
+from handoffrail_server.limits.ratelimit import Decision, RateLimiter, per_hour, per_minute
+from handoffrail_server.limits.service import TenantLimits
+from handoffrail_server.limits.tiers import effective_quotas
+from handoffrail_server.observability import metrics
 from handoffrail_server.settings import Settings
 
 
@@ -29,6 +34,24 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     clock: Clock
     redis: Redis | None = None
+    limiter: RateLimiter | None = None
+
+
+class NulInRequest(Unprocessable):
+    """A NUL character in the path or query string (PostgreSQL cannot compare or store it)."""
+
+    code = "request.nul_character"
+
+
+async def reject_nul(request: Request) -> None:
+    """Refuse NUL characters in the path and query string before any handler reads them."""
+    if "\x00" in request.url.path:
+        raise NulInRequest("The path must not contain NUL characters", field="path")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise NulInRequest(
+                "Query parameters must not contain NUL characters", field=name.replace("\x00", "")
+            )
 
 
 class InsufficientRole(PermissionDenied):
@@ -54,8 +77,83 @@ Session = Annotated[AsyncSession, Depends(_session, scope="function")]
 State = Annotated[AppState, Depends(app_state)]
 
 
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _rate_headers(decision: Decision, tier: str, policy: str) -> list[tuple[str, str]]:
+    # X-RateLimit-* as the original server and its SDK users expect; RateLimit-Policy/RateLimit
+    # as draft-ietf-httpapi-ratelimit-headers structured fields.
+    return [
+        ("X-RateLimit-Limit", str(decision.limit)),
+        ("X-RateLimit-Remaining", str(decision.remaining)),
+        ("X-RateLimit-Reset", str(decision.reset_after)),
+        ("X-RateLimit-Tier", tier),
+        ("RateLimit-Policy", f'"{policy}";q={decision.limit};w={decision.window}'),
+        ("RateLimit", f'"{policy}";r={decision.remaining};t={decision.reset_after}'),
+    ]
+
+
+def add_response_headers(request: Request, headers: list[tuple[str, str]]) -> None:
+    """Headers the request-id middleware adds to whatever response this request gets."""
+    existing: list[tuple[str, str]] = request.scope.setdefault("state", {}).setdefault(
+        "response_headers", []
+    )
+    existing.extend(headers)
+
+
+async def _throttle_auth_failure(request: Request, state: AppState) -> None:
+    # Key guessing is throttled per client IP; unknown keys never touch a tenant's budget.
+    if state.limiter is None or not state.settings.auth_failures_per_minute:
+        return
+    item = per_minute(state.settings.auth_failures_per_minute)
+    decision = await state.limiter.hit(item, "auth-failure", _client_ip(request))
+    if not decision.allowed:
+        metrics.RATE_LIMITED.labels("unauthenticated", "auth_failures").inc()
+        raise RateLimited("Too many failed authentication attempts", decision.retry_after)
+
+
+async def _enforce_limits(request: Request, state: AppState, principal: Principal) -> None:
+    quotas = effective_quotas(
+        state.settings.tiers,
+        principal.tier,
+        handoffs_per_day=principal.handoffs_per_day,
+        max_api_keys=principal.max_api_keys,
+    )
+    request.state.limits = TenantLimits(principal.tenant_id, principal.tier, quotas)
+    if request.method in {"POST", "PUT", "PATCH"}:
+        size = len(await request.body())
+        if size > quotas.max_packet_size:
+            metrics.QUOTA_REJECTIONS.labels(principal.tier, "max_packet_size").inc()
+            raise PacketTooLarge(size, quotas.max_packet_size, principal.tier)
+    if state.limiter is None or not state.settings.rate_limit_enabled:
+        return
+    decisions: list[tuple[Decision, str]] = []
+    if state.settings.rate_limit_per_minute:
+        item = per_minute(state.settings.rate_limit_per_minute)
+        decisions.append((await state.limiter.hit(item, "key", principal.key_id), "key"))
+    if quotas.requests_per_hour is not None:
+        item = per_hour(quotas.requests_per_hour)
+        tenant_decision = await state.limiter.hit(item, "tenant", principal.tenant_id)
+        decisions.append((tenant_decision, "tenant"))
+    if not decisions:
+        return
+    refused = [(decision, scope) for decision, scope in decisions if not decision.allowed]
+    shown, scope = refused[0] if refused else min(decisions, key=lambda pair: pair[0].remaining)
+    policy = "minute" if scope == "key" else "hour"
+    add_response_headers(request, _rate_headers(shown, principal.tier, policy))
+    if refused:
+        metrics.RATE_LIMITED.labels(principal.tier, scope).inc()
+        raise RateLimited("Rate limit exceeded", shown.retry_after, tier=principal.tier)
+
+
 async def _principal(request: Request, session: Session) -> Principal:
-    principal = await keys_service.authenticate(session, request.headers.get("x-api-key"))
+    state = app_state(request)
+    try:
+        principal = await keys_service.authenticate(session, request.headers.get("x-api-key"))
+    except AuthenticationFailed:
+        await _throttle_auth_failure(request, state)
+        raise
     needed = required_role(request.method, request.url.path)
     request.state.principal = principal
     if not allows(principal.role, needed):
@@ -63,10 +161,17 @@ async def _principal(request: Request, session: Session) -> Principal:
             f"Insufficient permissions. Required role: {needed.value}, "
             f"current role: {principal.role.value}"
         )
+    await _enforce_limits(request, state, principal)
     return principal
 
 
 Caller = Annotated[Principal, Depends(_principal)]
+
+
+def tenant_limits(request: Request) -> TenantLimits | None:
+    """The caller's tier limits, resolved by the `Caller` dependency."""
+    value = getattr(request.state, "limits", None)
+    return value if isinstance(value, TenantLimits) else None
 
 
 def request_id(request: Request) -> str | None:

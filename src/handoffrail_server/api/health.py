@@ -57,6 +57,7 @@ async def _redis_status(request: Request) -> str:
 @router.get("/api/v1/health/ready", include_in_schema=False)
 async def ready(request: Request) -> JSONResponse:
     """Readiness: database round-trip (503 when it fails) and Redis ping, short timeouts."""
+    state = app_state(request)
     database, redis = await asyncio.gather(_database_ok(request), _redis_status(request))
     body = {
         "status": "ready" if database else "not_ready",
@@ -64,6 +65,7 @@ async def ready(request: Request) -> JSONResponse:
         "db": database,
         "database": "ok" if database else "unavailable",
         "redis": redis,
+        "rate_limit": state.limiter.backend if state.limiter is not None else "off",
     }
     return JSONResponse(body, status_code=200 if database else 503)
 

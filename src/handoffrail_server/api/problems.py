@@ -69,7 +69,9 @@ def _jsonable(value: Any) -> Any:
 async def _domain_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     extra = {key: _jsonable(value) for key, value in exc.extra.items()}
-    return problem(exc.status, exc.code, exc.title, exc.detail, **extra)
+    return problem(
+        exc.status, exc.code, exc.title, exc.detail, headers=exc.headers or None, **extra
+    )
 
 
 async def _validation_error(_request: Request, exc: Exception) -> Response:
@@ -94,8 +96,23 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     )
 
 
+#: FastAPI's wording when reading or decoding the body raised something other than a JSON error
+_BODY_PARSE_FAILED = "There was an error parsing the body"
+
+
 async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _BODY_PARSE_FAILED and exc.__cause__ is not None:
+        # Non-UTF-8 bytes or absurd nesting: a malformed body, 422 like any other bad JSON.
+        if isinstance(exc.__cause__, RecursionError):
+            return await _recursion_error(_request, exc.__cause__)
+        return problem(
+            422,
+            "request.validation_failed",
+            "Unprocessable content",
+            "Request body is not valid UTF-8 JSON",
+            field="body",
+        )
     code, title = _HTTP_CODES.get(exc.status_code, ("http.error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
     headers = dict(exc.headers) if exc.headers else None
@@ -133,8 +150,19 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return problem(500, "server.internal", "Internal server error", "An internal error occurred")
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    # Handled here (inside Starlette's ExceptionMiddleware) a database outage is answered and
+    # done; the catch-all `Exception` handler below would answer too, but Starlette re-raises
+    # after it, so every request during an outage would also log a full, unredacted traceback.
+    if not _database_unavailable(exc):
+        raise exc
+    return await _unexpected_error(request, exc)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Register the one error handler family on `app`."""
+    for kind in (OperationalError, InterfaceError, PoolTimeoutError, DBAPIError, OSError):
+        app.add_exception_handler(kind, _database_error)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

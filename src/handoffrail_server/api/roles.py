@@ -41,6 +41,7 @@ RULES: tuple[tuple[re.Pattern[str], frozenset[str] | None, Role], ...] = tuple(
         (rf"^{_P}/audit$", frozenset({"GET", "HEAD"}), Role.READER),
         (rf"^{_P}/audit(/.*)?$", _ANY, Role.WRITER),
         (rf"^{_P}/agents(/.*)?$", frozenset({"GET", "HEAD"}), Role.READER),
+        (rf"^{_P}/usage$", frozenset({"GET", "HEAD"}), Role.READER),
         (rf"^{_P}/dashboard(/.*)?$", _ANY, Role.READER),
     )
 )

@@ -18,7 +18,13 @@ async def create_key(
 ) -> ApiKeyRead:
     """Create a key; the plain key is in this answer only."""
     return await service.create(
-        session, state.clock, caller, name=body.name, role=Role(body.role), tenant_id=body.tenant_id
+        session,
+        state.clock,
+        caller,
+        name=body.name,
+        role=Role(body.role),
+        tenant_id=body.tenant_id,
+        tiers=state.settings.tiers,
     )
 
 

@@ -18,6 +18,9 @@ from handoffrail_server.db.models import ApiKey
 from handoffrail_server.errors import AuthenticationFailed, Conflict, NotFound, PermissionDenied
 from handoffrail_server.keys import repository, tokens
 from handoffrail_server.keys.schemas import ApiKeyRead
+from handoffrail_server.limits import service as limits
+from handoffrail_server.limits.service import TenantLimits
+from handoffrail_server.limits.tiers import Quotas, effective_quotas
 from handoffrail_server.tenants import service as tenants
 
 DEFAULT_TENANT_ID = "default"
@@ -68,6 +71,9 @@ class Principal:
     tenant_id: str
     role: Role
     is_operator: bool
+    tier: str = "free"
+    handoffs_per_day: int | None = None
+    max_api_keys: int | None = None
 
     def can_manage(self, tenant_id: str) -> bool:
         """True when this caller may administer `tenant_id`."""
@@ -110,6 +116,9 @@ async def authenticate(session: AsyncSession, plain: str | None) -> Principal:
         tenant_id=key.tenant_id,
         role=Role(key.role),
         is_operator=key.is_operator and tenant.is_operator,
+        tier=tenant.tier,
+        handoffs_per_day=tenant.handoffs_per_day,
+        max_api_keys=tenant.max_api_keys,
     )
 
 
@@ -146,13 +155,18 @@ async def create(
     name: str,
     role: Role,
     tenant_id: str | None = None,
+    tiers: dict[str, Quotas] | None = None,
 ) -> ApiKeyRead:
     """Create a key in the caller's tenant (or another tenant, for the operator)."""
     target = tenant_id or principal.tenant_id
     if not principal.can_manage(target):
         raise OperatorRequired("Creating keys for another tenant needs the operator key")
-    if await tenants.get_active(session, target) is None:
+    tenant = await tenants.get_active(session, target)
+    if tenant is None:
         raise tenants.TenantNotFound(f"Tenant {target} not found")
+    if tiers is not None:
+        quotas = effective_quotas(tiers, tenant.tier, max_api_keys=tenant.max_api_keys)
+        await limits.check_api_key_quota(session, TenantLimits(tenant.id, tenant.tier, quotas))
     key, plain = await _insert(session, clock, tenant_id=target, name=name, role=role)
     return to_read(key, plain)
 

@@ -29,7 +29,7 @@ def display_prefix(plain: str) -> str:
 
 def looks_like_key(candidate: str) -> bool:
     """True when `candidate` has the shape of a generated key (cheap pre-check before a lookup)."""
-    return bool(KEY_PATTERN.match(candidate))
+    return KEY_PATTERN.fullmatch(candidate) is not None  # `$` alone also matches before "\n"
 
 
 def same_hash(left: str, right: str) -> bool:

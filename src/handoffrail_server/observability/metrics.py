@@ -72,6 +72,22 @@ DB_ERRORS = Counter(
     "Requests answered 503 because the database was unavailable",
 )
 
+RATE_LIMITED = Counter(
+    "handoffrail_rate_limited_total",
+    "Requests refused with 429 by a rate limit",
+    ["tier", "scope"],
+)
+QUOTA_REJECTIONS = Counter(
+    "handoffrail_quota_rejections_total",
+    "Requests refused because a tier quota was reached",
+    ["tier", "quota"],
+)
+RATE_LIMIT_FALLBACK = Gauge(
+    "handoffrail_rate_limit_fallback",
+    "1 while rate limiting uses in-memory storage because Redis is unavailable",
+    multiprocess_mode="max",
+)
+
 UNMATCHED = "unmatched"
 log = structlog.get_logger("handoffrail.access")
 
@@ -86,10 +102,27 @@ def render() -> tuple[bytes, str]:
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's path template, or `unmatched`."""
+    """The matched route's full path template (e.g. `/api/v1/packets/{packet_id}`), or `unmatched`.
+
+    FastAPI includes routers lazily, so `scope["route"].path` is relative to the router that
+    declared it (`/packets/{packet_id}`); the prefixes come back from the raw path, which ends
+    with the route's path once its parameters are filled in.
+    """
     route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED
+    template = getattr(route, "path", None)
+    if not isinstance(template, str):
+        return UNMATCHED
+    raw_path = scope.get("path")
+    if not isinstance(raw_path, str):
+        return template
+    params = scope.get("path_params") or {}
+    try:
+        filled = template.format(**{name: str(value) for name, value in params.items()})
+    except (KeyError, IndexError, ValueError):
+        return template
+    if filled and raw_path.endswith(filled):
+        return raw_path[: len(raw_path) - len(filled)] + template
+    return template
 
 
 class MetricsMiddleware:

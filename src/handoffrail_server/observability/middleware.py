@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -40,6 +41,9 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
+                # headers a dependency asked for (rate-limit headers), on success and error alike
+                for name, value in scope.get("state", {}).get("response_headers", []):
+                    headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
                 message["headers"] = headers
             await send(message)
 
@@ -49,8 +53,15 @@ class RequestIdMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
-class BodyTooLarge(Exception):
-    """Raised inside receive() when the streamed body passes the cap."""
+class BodyTooLarge(HTTPException):
+    """Raised inside receive() when the streamed body passes the cap.
+
+    An HTTPException so that FastAPI's body parsing re-raises it (any other exception there
+    becomes a 400 "error parsing the body") and the problem handlers answer 413.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"Request body exceeds the limit of {max_bytes} bytes")
 
 
 class BodyLimitMiddleware:
@@ -82,7 +93,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from handoffrail_server.db.models import Packet
 from handoffrail_server.errors import DomainError
+from handoffrail_server.limits import service as quotas
 from handoffrail_server.observability import metrics
 from handoffrail_server.packets import policy, repository
 from handoffrail_server.packets.errors import (
@@ -79,6 +80,14 @@ async def _try_claim(service: PacketService, packet: Packet, body: PacketClaim) 
         allowed_statuses=_CLAIMABLE_VALUES,
     )
     if updated is not None:
+        if service.limits is not None:
+            # Only the winner registers; a refusal rolls the claim back with the request.
+            await quotas.register_agents(
+                service.session,
+                service.clock,
+                service.limits,
+                [(body.agent_id, body.agent_name, body.framework)],
+            )
         await service.record(
             updated,
             "claimed",

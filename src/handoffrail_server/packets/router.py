@@ -8,7 +8,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
 
-from handoffrail_server.api.deps import Caller, Session, State, as_utc, request_id
+from handoffrail_server.api.deps import (
+    Caller,
+    Session,
+    State,
+    as_utc,
+    request_id,
+    tenant_limits,
+)
 from handoffrail_server.packets import claims, policy
 from handoffrail_server.packets.errors import InvalidFilter
 from handoffrail_server.packets.lifecycle import PacketStatus
@@ -50,6 +57,7 @@ def _service(request: Request, state: State, session: Session, caller: Caller) -
         request_id=request_id(request),
         ttl_seconds=state.settings.packet_ttl_seconds,
         max_batch=state.settings.max_batch_size,
+        limits=tenant_limits(request),
     )
 
 

@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import Packet, PacketEvent
 from handoffrail_server.errors import DomainError
+from handoffrail_server.limits import service as quotas
+from handoffrail_server.limits.service import TenantLimits
 from handoffrail_server.observability import metrics
 from handoffrail_server.packets import policy, repository
 from handoffrail_server.packets.errors import (
@@ -93,6 +95,7 @@ class PacketService:
         request_id: str | None = None,
         ttl_seconds: int = 86_400,
         max_batch: int = 50,
+        limits: TenantLimits | None = None,
     ) -> None:
         self.session = session
         self.clock = clock
@@ -101,6 +104,7 @@ class PacketService:
         self.request_id = request_id
         self.ttl_seconds = ttl_seconds
         self.max_batch = max_batch
+        self.limits = limits
 
     # -- shared helpers -------------------------------------------------------------------
 
@@ -176,6 +180,19 @@ class PacketService:
         metadata["claimed_at"] = None
         metadata["completed_at"] = None
         tags = [str(tag) for tag in metadata.get("tags", [])]
+        if self.limits is not None:
+            # Quota is taken in this transaction: a packet that is not created costs nothing.
+            source, target = metadata["source_agent"], metadata["target_agent"]
+            await quotas.register_agents(
+                self.session,
+                self.clock,
+                self.limits,
+                [
+                    (source["id"], source["name"], source.get("framework")),
+                    (target["id"], target["name"], target.get("framework")),
+                ],
+            )
+            await quotas.consume_handoffs(self.session, self.clock, self.limits)
         status = initial_status(body.hitl is not None and body.hitl.required)
         packet = Packet(
             id=uuid.uuid4(),

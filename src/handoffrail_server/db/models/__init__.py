@@ -5,5 +5,15 @@ from handoffrail_server.db.models.packet import Packet, PacketTag
 from handoffrail_server.db.models.packet_event import PacketEvent
 from handoffrail_server.db.models.packet_schema import PacketSchema
 from handoffrail_server.db.models.tenant import Tenant
+from handoffrail_server.db.models.usage import Agent, TenantUsage
 
-__all__ = ["ApiKey", "Packet", "PacketEvent", "PacketSchema", "PacketTag", "Tenant"]
+__all__ = [
+    "Agent",
+    "ApiKey",
+    "Packet",
+    "PacketEvent",
+    "PacketSchema",
+    "PacketTag",
+    "Tenant",
+    "TenantUsage",
+]
