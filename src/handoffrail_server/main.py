@@ -80,8 +80,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     if settings.sentry_dsn is not None:
         init_sentry(settings.sentry_dsn.get_secret_value(), settings.environment.value, __version__)
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def _check_schema_and_bootstrap() -> None:
         if not settings.is_development:
             current = await migrations.current_revision(engine)
             head = migrations.head_revision()
@@ -98,6 +97,21 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                     plain=settings.bootstrap_api_key.get_secret_value(),
                     tier=settings.tier_default,
                 )
+
+    async def _close_clients() -> None:
+        await engine.dispose()
+        if state.redis is not None:
+            await state.redis.aclose()
+        if state.limiter is not None:
+            await state.limiter.close()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await _check_schema_and_bootstrap()
+        except BaseException:
+            await _close_clients()
+            raise
         expiry = None
         if settings.expiry_interval_seconds > 0:
             expiry = asyncio.create_task(_expiry_loop(state, settings.expiry_interval_seconds))
@@ -109,11 +123,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 expiry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
-            await engine.dispose()
-            if state.redis is not None:
-                await state.redis.aclose()
-            if state.limiter is not None:
-                await state.limiter.close()
+            await _close_clients()
 
     show_docs = settings.docs_enabled
     app = FastAPI(

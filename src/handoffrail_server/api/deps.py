@@ -20,7 +20,7 @@ from handoffrail_server.keys.service import Principal
 from handoffrail_server.limits.errors import PacketTooLarge, RateLimited
 from handoffrail_server.limits.ratelimit import Decision, RateLimiter, per_hour, per_minute
 from handoffrail_server.limits.service import TenantLimits
-from handoffrail_server.limits.tiers import effective_quotas
+from handoffrail_server.limits.tiers import Quotas, effective_quotas
 from handoffrail_server.observability import metrics
 from handoffrail_server.settings import Settings
 
@@ -121,11 +121,18 @@ async def _enforce_limits(request: Request, state: AppState, principal: Principa
         max_api_keys=principal.max_api_keys,
     )
     request.state.limits = TenantLimits(principal.tenant_id, principal.tier, quotas)
+    # Rate limit first, so that every answer (a 413 too) carries the rate-limit headers.
+    await _rate_limit(request, state, principal, quotas)
     if request.method in {"POST", "PUT", "PATCH"}:
         size = len(await request.body())
         if size > quotas.max_packet_size:
             metrics.QUOTA_REJECTIONS.labels(principal.tier, "max_packet_size").inc()
             raise PacketTooLarge(size, quotas.max_packet_size, principal.tier)
+
+
+async def _rate_limit(
+    request: Request, state: AppState, principal: Principal, quotas: Quotas
+) -> None:
     if state.limiter is None or not state.settings.rate_limit_enabled:
         return
     decisions: list[tuple[Decision, str]] = []
@@ -156,12 +163,12 @@ async def _principal(request: Request, session: Session) -> Principal:
         raise
     needed = required_role(request.method, request.url.path)
     request.state.principal = principal
+    await _enforce_limits(request, state, principal)  # before the role check: headers on a 403
     if not allows(principal.role, needed):
         raise InsufficientRole(
             f"Insufficient permissions. Required role: {needed.value}, "
             f"current role: {principal.role.value}"
         )
-    await _enforce_limits(request, state, principal)
     return principal
 
 

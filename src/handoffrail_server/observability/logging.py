@@ -81,5 +81,12 @@ def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s", force=True)
+    # Add our stderr handler once, without removing handlers others installed (pytest's capture).
+    root = logging.getLogger()
+    root.setLevel(numeric)
+    if not any(getattr(handler, "_handoffrail", False) for handler in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._handoffrail = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -354,7 +354,14 @@ class PacketService:
         self, packet_id: uuid.UUID, body: PacketUpdate, *, actor: str | None = None
     ) -> Packet:
         """PATCH: status transition plus the merge rules of CONTRACT.md §5."""
-        changes = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        # Top-level fields the caller sent, each in full (defaults filled, as on create); for
+        # actions only the buckets it sent, since each bucket is replaced on its own.
+        full = body.model_dump(mode="json")
+        changes = {name: full[name] for name in body.model_fields_set if full[name] is not None}
+        if body.actions is not None:
+            changes["actions"] = {
+                bucket: full["actions"][bucket] for bucket in body.actions.model_fields_set
+            }
         for _attempt in range(MAX_CAS_ATTEMPTS):
             packet = await self.load(packet_id)
             current = PacketStatus(packet.status)
