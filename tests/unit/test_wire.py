@@ -1,0 +1,123 @@
+"""Request bodies refuse what PostgreSQL cannot store: NUL characters and non-finite numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from handoffrail_server.api.wire import MAX_DEPTH, NoNulModel, find_unstorable
+
+NUL = "a NUL character (\\u0000)"
+NON_FINITE = "a non-finite number (NaN or Infinity)"
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        0,
+        -(2**70),
+        1.5,
+        "",
+        "plain text with unicode ☃ and \\u0000 spelled out",
+        [],
+        {},
+        {"a": [1, 2.5, {"b": None}], "c": ("t", 1)},
+        _nested(MAX_DEPTH, "leaf"),
+    ],
+)
+def test_storable_values_pass(value: Any) -> None:
+    assert find_unstorable(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ("\x00", NUL),
+        ("before\x00after", NUL),
+        ({"summary": "ok", "context": {"deep": ["x", "y\x00"]}}, NUL),
+        ({"key\x00": "value"}, NUL),
+        (("tuple", "\x00"), NUL),
+        (math.nan, NON_FINITE),
+        (math.inf, NON_FINITE),
+        (-math.inf, NON_FINITE),
+        ({"numbers": [1.0, {"x": math.nan}]}, NON_FINITE),
+    ],
+)
+def test_unstorable_values_are_described(value: Any, found: str) -> None:
+    assert find_unstorable(value) == found
+
+
+def test_first_problem_in_order_is_reported() -> None:
+    assert find_unstorable(["\x00", math.nan]) == NUL
+    assert find_unstorable([math.nan, "\x00"]) == NON_FINITE
+
+
+def test_nesting_past_the_limit_is_refused() -> None:
+    assert (
+        find_unstorable(_nested(MAX_DEPTH + 1, "leaf")) == f"nesting deeper than {MAX_DEPTH} levels"
+    )
+
+
+def test_very_deep_nesting_does_not_recurse_without_bound() -> None:
+    assert find_unstorable(_nested(50_000, 1)) == f"nesting deeper than {MAX_DEPTH} levels"
+
+
+class Body(NoNulModel):
+    name: str
+    score: float = 0.0
+    extra: dict[str, Any] = {}
+
+
+def test_model_accepts_clean_body() -> None:
+    body = Body.model_validate({"name": "ok", "score": 1.5, "extra": {"list": [1, "two"]}})
+
+    assert body.name == "ok"
+
+
+@pytest.mark.parametrize(
+    ("payload", "found"),
+    [
+        ({"name": "bad\x00name"}, NUL),
+        ({"name": "ok", "extra": {"nested": ["\x00"]}}, NUL),
+        ({"name": "ok", "unknown_field": "\x00"}, NUL),
+        ({"name": "ok", "score": math.inf}, NON_FINITE),
+        ({"name": "ok", "extra": {"x": math.nan}}, NON_FINITE),
+    ],
+)
+def test_model_refuses_unstorable_body_with_a_message(payload: dict[str, Any], found: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Body.model_validate(payload)
+
+    assert f"body contains {found}, which cannot be stored" in str(caught.value)
+
+
+def test_model_refuses_nan_parsed_from_json_text() -> None:
+    with pytest.raises(ValidationError, match="non-finite"):
+        Body.model_validate(json.loads('{"name": "ok", "score": NaN}'))
+
+
+def test_model_refuses_nul_escape_from_json_text() -> None:
+    with pytest.raises(ValidationError, match="NUL"):
+        Body.model_validate_json('{"name": "a\\u0000b"}')
+
+
+def test_refusal_happens_before_field_validation() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Body.model_validate({"score": math.nan})
+
+    errors = caught.value.errors()
+    assert len(errors) == 1
+    assert "non-finite" in errors[0]["msg"]
