@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=0)
     auth_failures_per_minute: int = Field(default=30, ge=0)
     redis_prefix: str = Field(default="hr", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=7, ge=1, le=50)
+    webhook_retry_horizon_seconds: float = Field(default=172_800, gt=0)
+    webhook_lease_seconds: float = Field(default=60.0, ge=1)
+    webhook_delivery_retention_days: int = Field(default=14, ge=1)
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    worker_concurrency: int = Field(default=8, ge=1, le=256)
 
     @field_validator("environment", mode="before")
     @classmethod
@@ -231,6 +239,10 @@ class Settings(BaseSettings):
                 )
             if self.debug:
                 raise ValueError("HR_DEBUG: debug mode is refused in production; unset HR_DEBUG")
+            if self.webhook_allow_private:
+                raise ValueError(
+                    "HR_WEBHOOK_ALLOW_PRIVATE: private webhook targets are refused in production"
+                )
         return self
 
     @property

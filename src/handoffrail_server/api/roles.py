@@ -37,6 +37,7 @@ RULES: tuple[tuple[re.Pattern[str], frozenset[str] | None, Role], ...] = tuple(
         (rf"^{_P}/packets/{_ID}/(claim|respond)$", frozenset({"POST"}), Role.AGENT),
         (rf"^{_P}/packets/{_ID}$", frozenset({"PATCH"}), Role.AGENT),
         (rf"^{_P}/packets(/.*)?$", _ANY, Role.WRITER),
+        (rf"^{_P}/hooks/dlq(/.*)?$", _ANY, Role.ADMIN),
         (rf"^{_P}/(schemas|hooks)(/.*)?$", _ANY, Role.WRITER),
         (rf"^{_P}/audit$", frozenset({"GET", "HEAD"}), Role.READER),
         (rf"^{_P}/audit(/.*)?$", _ANY, Role.WRITER),

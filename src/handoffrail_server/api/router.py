@@ -11,6 +11,7 @@ from handoffrail_server.limits.router import router as limits_router
 from handoffrail_server.packets.router import router as packets_router
 from handoffrail_server.schema_registry.router import router as schemas_router
 from handoffrail_server.tenants.router import router as tenants_router
+from handoffrail_server.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
 
@@ -26,6 +27,7 @@ def build_api_router() -> APIRouter:
         schemas_router,
         audit_router,
         limits_router,
+        webhooks_router,
     )
     for feature in features:
         router.include_router(feature)

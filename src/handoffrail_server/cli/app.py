@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.api.roles import Role
+from handoffrail_server.cli.worker import jobs_app, webhooks_app, worker
 from handoffrail_server.clock import SystemClock
 from handoffrail_server.db import migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
@@ -36,6 +37,9 @@ tenants_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 app.add_typer(migrate_app, name="migrate")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(webhooks_app, name="webhooks")
+app.command()(worker)
 
 console = Console()
 errors = Console(stderr=True)

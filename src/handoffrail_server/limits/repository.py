@@ -91,10 +91,14 @@ async def known_agents(
 
 
 async def lock_tenant(session: AsyncSession, tenant_id: str) -> None:
-    """Serialise registrations of new agents of one tenant (row lock on PostgreSQL)."""
+    """Serialise registrations of new agents of one tenant (row lock on PostgreSQL).
+
+    FOR NO KEY UPDATE: it does not block the FOR KEY SHARE locks that foreign-key checks of
+    concurrent inserts (packets, usage rows) take on the tenant row, so it cannot deadlock them.
+    """
     query = select(Tenant.id).where(Tenant.id == tenant_id)
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     await session.execute(query)
 
 

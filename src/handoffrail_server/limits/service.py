@@ -99,6 +99,11 @@ async def register_agents(
     if not new_ids:
         return
     await repository.lock_tenant(session, limits.tenant_id)
+    # Re-read under the lock: a concurrent request may have just registered some of them.
+    registered = await repository.known_agents(session, limits.tenant_id, new_ids)
+    new_ids = [agent_id for agent_id in new_ids if agent_id not in registered]
+    if not new_ids:
+        return
     limit = limits.quotas.max_agents
     if limit is not None:
         count = await repository.agent_count(session, limits.tenant_id)

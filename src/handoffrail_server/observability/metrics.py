@@ -88,6 +88,37 @@ RATE_LIMIT_FALLBACK = Gauge(
     multiprocess_mode="max",
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "handoffrail_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome",
+    ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "handoffrail_webhook_delivery_seconds",
+    "Webhook delivery attempt duration",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOK_QUEUE_DEPTH = Gauge(
+    "handoffrail_webhook_queue_depth",
+    "Webhook deliveries waiting (pending or retrying)",
+    multiprocess_mode="mostrecent",
+)
+WEBHOOK_QUEUE_AGE = Gauge(
+    "handoffrail_webhook_queue_oldest_seconds",
+    "Age of the oldest due webhook delivery",
+    multiprocess_mode="mostrecent",
+)
+WEBHOOK_DLQ_SIZE = Gauge(
+    "handoffrail_webhook_dlq_size",
+    "Webhook deliveries in the dead-letter state",
+    multiprocess_mode="mostrecent",
+)
+JOB_RUNS = Counter(
+    "handoffrail_job_runs_total",
+    "Scheduled job runs by job and outcome",
+    ["job", "outcome"],
+)
+
 UNMATCHED = "unmatched"
 log = structlog.get_logger("handoffrail.access")
 

@@ -8,7 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 PRIORITY_RANK: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "critical": 3}
@@ -72,6 +72,17 @@ def merge_actions(current: dict[str, Any], incoming: dict[str, Any]) -> dict[str
         if bucket in incoming:
             merged[bucket] = incoming[bucket]
     return merged
+
+
+def deadline(
+    created_at: datetime, now: datetime, ttl_seconds: int, hitl: dict[str, Any] | None
+) -> datetime:
+    """When an unfinished packet expires: its TTL, or sooner while a HITL timeout runs."""
+    expires = created_at + timedelta(seconds=ttl_seconds)
+    timeout = (hitl or {}).get("timeout_seconds")
+    if isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 0:
+        expires = min(expires, now + timedelta(seconds=timeout))
+    return expires
 
 
 class InvalidCursor(ValueError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -51,6 +51,7 @@ from handoffrail_server.packets.schemas import (
     PacketUpdate,
 )
 from handoffrail_server.schema_registry import service as registry
+from handoffrail_server.webhooks import service as webhooks
 
 MAX_CAS_ATTEMPTS = 8
 
@@ -143,6 +144,17 @@ class PacketService:
                 created_at=self.clock.now(),
             ),
         )
+        # Transactional outbox: webhook rows commit (or roll back) with the state change.
+        await webhooks.enqueue_packet_event(
+            self.session,
+            self.clock,
+            tenant_id=self.tenant_id,
+            history_event=event_type,
+            packet_id=packet.id,
+            status=packet.status,
+            metadata=packet.packet_metadata,
+            details=details,
+        )
         if event_type == "created":
             metrics.PACKETS_CREATED.labels(self.tenant_id).inc()
         elif event_type == PacketStatus.COMPLETED:
@@ -215,7 +227,12 @@ class PacketService:
             row_version=1,
             created_at=now,
             updated_at=now,
-            expires_at=now + timedelta(seconds=self.ttl_seconds),
+            expires_at=policy.deadline(
+                now,
+                now,
+                self.ttl_seconds,
+                document["hitl"] if status is PacketStatus.AWAITING_HUMAN else None,
+            ),
         )
         await repository.insert(self.session, packet, tags)
         details: dict[str, Any] = {"status": status.value}
@@ -399,6 +416,15 @@ class PacketService:
                 values["dependencies"] = changes["dependencies"]
             if "hitl" in changes:
                 values["hitl"] = changes["hitl"]
+            if "status" in values:
+                # HITL timeout_seconds runs from entering awaiting_human (CONTRACT.md §10.8).
+                waiting = target is PacketStatus.AWAITING_HUMAN
+                values["expires_at"] = policy.deadline(
+                    packet.created_at,
+                    self.clock.now(),
+                    self.ttl_seconds,
+                    values.get("hitl", packet.hitl) if waiting else None,
+                )
             if not values:
                 return packet
             if {"context", "decisions", "actions"} & values.keys():
@@ -477,6 +503,7 @@ class PacketService:
                     "packet_metadata": metadata,
                     "claimed_at": now,
                     "updated_at": now,
+                    "expires_at": policy.deadline(packet.created_at, now, self.ttl_seconds, None),
                 },
                 allowed_statuses=[PacketStatus.AWAITING_HUMAN.value],
             )

@@ -6,14 +6,24 @@ from handoffrail_server.db.models.packet_event import PacketEvent
 from handoffrail_server.db.models.packet_schema import PacketSchema
 from handoffrail_server.db.models.tenant import Tenant
 from handoffrail_server.db.models.usage import Agent, TenantUsage
+from handoffrail_server.db.models.webhook import (
+    JobRun,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
     "Agent",
     "ApiKey",
+    "JobRun",
     "Packet",
     "PacketEvent",
     "PacketSchema",
     "PacketTag",
     "Tenant",
     "TenantUsage",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -1,0 +1,1 @@
+"""Webhooks: endpoints, the transactional outbox, signed delivery with retries and dead-letter."""

@@ -1,0 +1,212 @@
+"""Storage of webhook endpoints, deliveries and attempts. Flushes, never commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handoffrail_server.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+
+RETRYABLE = ("pending", "failed")
+
+
+async def endpoint(
+    session: AsyncSession, tenant_id: str, webhook_id: str
+) -> WebhookEndpoint | None:
+    """An endpoint of the tenant."""
+    result = await session.execute(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.id == webhook_id, WebhookEndpoint.tenant_id == tenant_id
+        )
+    )
+    return result.scalar_one_or_none()
+
+
+async def endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:
+    """Every endpoint of the tenant, oldest first."""
+    result = await session.execute(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.tenant_id == tenant_id)
+        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+    )
+    return list(result.scalars())
+
+
+async def active_endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:
+    """Active endpoints of the tenant (outbox fan-out)."""
+    result = await session.execute(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.active.is_(True)
+        )
+    )
+    return list(result.scalars())
+
+
+async def active_count(session: AsyncSession, tenant_id: str) -> int:
+    """Active endpoints of the tenant (tier cap)."""
+    result = await session.execute(
+        select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.active.is_(True))
+    )
+    return int(result.scalar_one())
+
+
+async def add(session: AsyncSession, row: Any) -> None:
+    """Insert a row."""
+    session.add(row)
+    await session.flush()
+
+
+async def deliveries(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    webhook_id: str | None = None,
+    statuses: Sequence[str] = (),
+    since: datetime | None = None,
+    limit: int,
+    offset: int,
+) -> list[WebhookDelivery]:
+    """Deliveries of a tenant (optionally of one endpoint), newest first."""
+    query = select(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id)
+    if webhook_id is not None:
+        query = query.where(WebhookDelivery.webhook_id == webhook_id)
+    if statuses:
+        query = query.where(WebhookDelivery.status.in_(list(statuses)))
+    if since is not None:
+        query = query.where(WebhookDelivery.updated_at >= since)
+    query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    result = await session.execute(query.limit(limit).offset(offset))
+    return list(result.scalars())
+
+
+async def delivery(
+    session: AsyncSession, tenant_id: str | None, delivery_id: uuid.UUID
+) -> WebhookDelivery | None:
+    """One delivery (of the tenant, when given)."""
+    query = select(WebhookDelivery).where(WebhookDelivery.id == delivery_id)
+    if tenant_id is not None:
+        query = query.where(WebhookDelivery.tenant_id == tenant_id)
+    result = await session.execute(query.execution_options(populate_existing=True))
+    return result.scalar_one_or_none()
+
+
+async def attempts(session: AsyncSession, delivery_id: uuid.UUID) -> list[WebhookAttempt]:
+    """Attempts of a delivery, first first."""
+    result = await session.execute(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id == delivery_id)
+        .order_by(WebhookAttempt.attempt)
+    )
+    return list(result.scalars())
+
+
+async def requeue(
+    session: AsyncSession,
+    tenant_id: str | None,
+    now: datetime,
+    *,
+    delivery_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+) -> int:
+    """Put dead-lettered deliveries back in the queue (attempt count restarts)."""
+    statement = update(WebhookDelivery).where(WebhookDelivery.status == "dead_letter")
+    if tenant_id is not None:
+        statement = statement.where(WebhookDelivery.tenant_id == tenant_id)
+    if delivery_id is not None:
+        statement = statement.where(WebhookDelivery.id == delivery_id)
+    if since is not None:
+        statement = statement.where(WebhookDelivery.updated_at >= since)
+    statement = statement.values(
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        lease_id=None,
+        leased_until=None,
+        created_at=now,
+        updated_at=now,
+    )
+    result = await session.execute(statement.execution_options(synchronize_session=False))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def lease_due(
+    session: AsyncSession, now: datetime, lease_until: datetime, lease_id: uuid.UUID, limit: int
+) -> list[WebhookDelivery]:
+    """Lease up to `limit` due deliveries to one worker; PostgreSQL skips rows others hold."""
+    due = (
+        WebhookDelivery.status.in_(RETRYABLE),
+        WebhookDelivery.next_attempt_at <= now,
+        or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < now),
+    )
+    query = (
+        select(WebhookDelivery.id)
+        .where(*due)
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    ids = list((await session.execute(query)).scalars())
+    if not ids:
+        return []
+    statement = (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(ids), *due)
+        .values(lease_id=lease_id, leased_until=lease_until)
+        .returning(WebhookDelivery)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    return list((await session.execute(statement)).scalars())
+
+
+async def finish(
+    session: AsyncSession, delivery_id: uuid.UUID, lease_id: uuid.UUID, values: dict[str, Any]
+) -> bool:
+    """Record an outcome only if this worker still holds the lease."""
+    statement = (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.lease_id == lease_id)
+        .values(**values, lease_id=None, leased_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def queue_stats(session: AsyncSession, now: datetime) -> tuple[int, float, int]:
+    """(waiting deliveries, age in seconds of the oldest due one, dead-letter count)."""
+    waiting = await session.execute(
+        select(func.count(), func.min(WebhookDelivery.next_attempt_at)).where(
+            WebhookDelivery.status.in_(RETRYABLE)
+        )
+    )
+    count, oldest = waiting.one()
+    dead = await session.execute(
+        select(func.count())
+        .select_from(WebhookDelivery)
+        .where(WebhookDelivery.status == "dead_letter")
+    )
+    age = 0.0
+    if oldest is not None:
+        oldest_at = oldest if isinstance(oldest, datetime) else datetime.fromisoformat(str(oldest))
+        if oldest_at.tzinfo is None:
+            oldest_at = oldest_at.replace(tzinfo=now.tzinfo)
+        age = max(0.0, (now - oldest_at).total_seconds())
+    return int(count), age, int(dead.scalar_one())
+
+
+async def prune_delivered(session: AsyncSession, before: datetime) -> int:
+    """Delete delivered deliveries (and their attempts) older than `before`."""
+    result = await session.execute(
+        delete(WebhookDelivery).where(
+            WebhookDelivery.status == "delivered", WebhookDelivery.updated_at < before
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,1 @@
+"""Background worker: webhook delivery loop and scheduled jobs."""
