@@ -1,6 +1,7 @@
 """Shared fixtures: databases (SQLite and a throw-away PostgreSQL database), apps, keys, servers.
 
-PostgreSQL tests skip when the server is unreachable, except under CI (`CI` set), where they fail.
+PostgreSQL and Redis tests skip when the server is unreachable, except under CI (`CI` set),
+where they fail.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redis
 import uvicorn
 from fastapi import FastAPI
 
@@ -31,6 +33,7 @@ from handoffrail_server.main import create_app
 from handoffrail_server.settings import Settings
 
 PG_ADMIN_DSN = os.environ.get("HR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("HR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -52,6 +55,25 @@ def require_postgres() -> None:
         message = f"PostgreSQL unreachable at {PG_ADMIN_DSN}"
         if IN_CI:
             pytest.fail(message + " (CI must run PostgreSQL tests for real)")
+        pytest.skip(message)
+
+
+def _redis_reachable() -> bool:
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def require_redis() -> None:
+    """Skip (locally) or fail (CI) when Redis is unreachable."""
+    if not _redis_reachable():
+        message = f"Redis unreachable at {REDIS_TEST_URL}"
+        if IN_CI:
+            pytest.fail(message + " (CI must run Redis tests for real)")
         pytest.skip(message)
 
 
