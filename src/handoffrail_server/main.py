@@ -32,6 +32,8 @@ from handoffrail_server.observability.middleware import (
 )
 from handoffrail_server.observability.sentry import init_sentry
 from handoffrail_server.packets.service import expire_due
+from handoffrail_server.realtime.broker import Broker
+from handoffrail_server.realtime.router import router as realtime_router
 from handoffrail_server.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         redis=create_redis(settings.redis_url),
         limiter=RateLimiter(settings.redis_url, prefix=settings.redis_prefix),
     )
+    state.broker = Broker(state.redis, prefix=settings.redis_prefix)
     if settings.sentry_dsn is not None:
         init_sentry(settings.sentry_dsn.get_secret_value(), settings.environment.value, __version__)
 
@@ -99,6 +102,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 )
 
     async def _close_clients() -> None:
+        if state.broker is not None:
+            await state.broker.stop()
         await engine.dispose()
         if state.redis is not None:
             await state.redis.aclose()
@@ -112,6 +117,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         except BaseException:
             await _close_clients()
             raise
+        assert state.broker is not None
+        state.broker.start()
         expiry = None
         if settings.expiry_interval_seconds > 0:
             expiry = asyncio.create_task(_expiry_loop(state, settings.expiry_interval_seconds))
@@ -139,6 +146,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.state.hr = state
     install_problem_handlers(app)
     app.include_router(health.router)
+    app.include_router(realtime_router)
     app.include_router(build_api_router())
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     webhook_delivery_retention_days: int = Field(default=14, ge=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
+    stream_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    stream_heartbeat_seconds: float = Field(default=15.0, ge=1, le=300)
+    stream_retention_seconds: int = Field(default=86_400, ge=60)
 
     @field_validator("environment", mode="before")
     @classmethod

@@ -49,7 +49,9 @@ RULE_TABLE: list[tuple[str, str, Role]] = [
     ("POST", "/api/v1/hooks", Role.WRITER),
     ("DELETE", "/api/v1/hooks/h1", Role.WRITER),
     ("GET", "/api/v1/hooks/h1/deliveries", Role.WRITER),
-    ("POST", "/api/v1/hooks/dlq/retry-all", Role.WRITER),
+    # CONTRACT.md §5 marks the DLQ routes admin-only; they are matched before `hooks*` (writer).
+    ("POST", "/api/v1/hooks/dlq/retry-all", Role.ADMIN),
+    ("GET", "/api/v1/hooks/dlq", Role.ADMIN),
     # audit: GET reader, anything else writer
     ("GET", "/api/v1/audit", Role.READER),
     ("HEAD", "/api/v1/audit", Role.READER),

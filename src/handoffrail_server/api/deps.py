@@ -22,6 +22,8 @@ from handoffrail_server.limits.ratelimit import Decision, RateLimiter, per_hour,
 from handoffrail_server.limits.service import TenantLimits
 from handoffrail_server.limits.tiers import Quotas, effective_quotas
 from handoffrail_server.observability import metrics
+from handoffrail_server.realtime.broker import Broker
+from handoffrail_server.realtime.service import NOTIFY_KEY
 from handoffrail_server.settings import Settings
 
 
@@ -35,6 +37,7 @@ class AppState:
     clock: Clock
     redis: Redis | None = None
     limiter: RateLimiter | None = None
+    broker: Broker | None = None
 
 
 class NulInRequest(Unprocessable):
@@ -69,8 +72,13 @@ def app_state(request: Request) -> AppState:
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     # scope="function": commit runs when the handler returns, before the response is sent,
     # so a client never sees success for a write that did not commit.
-    async with unit_of_work(app_state(request).sessions) as session:
+    state = app_state(request)
+    async with unit_of_work(state.sessions) as session:
         yield session
+    # Committed: wake stream readers of the tenants whose events this request wrote.
+    if state.broker is not None:
+        for tenant_id in session.info.pop(NOTIFY_KEY, ()):
+            await state.broker.notify(tenant_id)
 
 
 Session = Annotated[AsyncSession, Depends(_session, scope="function")]

@@ -50,6 +50,7 @@ from handoffrail_server.packets.schemas import (
     PacketRead,
     PacketUpdate,
 )
+from handoffrail_server.realtime import service as streams
 from handoffrail_server.schema_registry import service as registry
 from handoffrail_server.webhooks import service as webhooks
 
@@ -143,6 +144,17 @@ class PacketService:
                 details=body or None,
                 created_at=self.clock.now(),
             ),
+        )
+        await streams.append(
+            self.session,
+            self.clock,
+            tenant_id=self.tenant_id,
+            history_event=event_type,
+            packet_id=packet.id,
+            status=packet.status,
+            metadata=packet.packet_metadata,
+            details=details,
+            hitl=packet.hitl,
         )
         # Transactional outbox: webhook rows commit (or roll back) with the state change.
         await webhooks.enqueue_packet_event(

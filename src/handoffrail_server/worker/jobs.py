@@ -22,6 +22,7 @@ from handoffrail_server.db.models import JobRun, PacketEvent, Tenant
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.observability import metrics
 from handoffrail_server.packets.service import expire_due
+from handoffrail_server.realtime import repository as stream_repository
 from handoffrail_server.settings import Settings
 from handoffrail_server.webhooks import repository as webhook_repository
 from handoffrail_server.webhooks.delivery import Deliverer, create_http_client
@@ -86,6 +87,13 @@ async def _purge_audit(context: JobContext) -> str:
     return f"purged {purged} audit row(s) past their tier's retention"
 
 
+async def _prune_stream_events(context: JobContext) -> str:
+    before = context.clock.now() - timedelta(seconds=context.settings.stream_retention_seconds)
+    async with unit_of_work(context.sessions) as session:
+        count = await stream_repository.prune(session, before)
+    return f"pruned {count} stream event(s) past the resume window"
+
+
 async def _deliver_webhooks(context: JobContext) -> str:
     async with create_http_client(context.settings) as http:
         deliverer = Deliverer(context.sessions, context.settings, context.clock, http)
@@ -109,6 +117,12 @@ JOBS: dict[str, Job] = {
         ),
         Job("purge-audit", 3600, _purge_audit, "Delete audit rows older than the tier's retention"),
         Job("prune-deliveries", 3600, _prune_deliveries, "Delete old delivered webhook rows"),
+        Job(
+            "prune-stream-events",
+            3600,
+            _prune_stream_events,
+            "Delete stream events older than the resume window",
+        ),
         Job("deliver-webhooks", 0, _deliver_webhooks, "Deliver every due webhook once and exit"),
     )
 }

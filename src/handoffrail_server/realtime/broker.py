@@ -1,0 +1,83 @@
+"""Wake-ups for stream readers: "tenant X has new events".
+
+The database log is the source of truth; the broker only shortens the wait. In-process waiters
+are woken directly; with Redis, a PUBLISH on `hr:{tenant}:events` wakes readers on every
+instance. Without Redis (or while it is down) readers still poll the log, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+
+import structlog
+from redis.asyncio import Redis
+
+from handoffrail_server.infra import keys
+
+log = structlog.get_logger(__name__)
+
+
+class Broker:
+    """Per-tenant wake-up signals, shared across instances through Redis pub/sub when present."""
+
+    def __init__(self, redis: Redis | None, prefix: str = "hr") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._listener: asyncio.Task[None] | None = None
+
+    def _wake_local(self, tenant_id: str) -> None:
+        event = self._events.get(tenant_id)
+        if event is not None:
+            event.set()
+
+    async def notify(self, tenant_id: str) -> None:
+        """Tell every reader of `tenant_id` (on every instance) to look for new events."""
+        self._wake_local(tenant_id)
+        if self._redis is None:
+            return
+        try:
+            await self._redis.publish(keys.stream_channel(self._prefix, tenant_id), "1")
+        except Exception as exc:  # readers fall back to polling; never fail the writer
+            log.warning("stream.publish_failed", error=type(exc).__name__)
+
+    async def wait(self, tenant_id: str, max_wait: float) -> None:
+        """Return when `tenant_id` may have new events, or after `max_wait` seconds."""
+        event = self._events[tenant_id]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max_wait)
+        event.clear()
+
+    def start(self) -> None:
+        """Start listening to Redis for other instances' notifications."""
+        if self._redis is not None and self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        assert self._redis is not None
+        pattern = keys.stream_channel(self._prefix, "*")
+        while True:
+            try:
+                pubsub = self._redis.pubsub()
+                await pubsub.psubscribe(pattern)
+                async for message in pubsub.listen():
+                    if message.get("type") != "pmessage":
+                        continue
+                    channel = message["channel"]
+                    text = channel.decode() if isinstance(channel, bytes) else str(channel)
+                    self._wake_local(keys.tenant_from_stream_channel(self._prefix, text))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: readers poll; retry the subscription later
+                log.warning("stream.listen_failed", error=type(exc).__name__)
+                await asyncio.sleep(2.0)
+
+    async def stop(self) -> None:
+        """Stop the Redis listener."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
