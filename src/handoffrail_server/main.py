@@ -31,7 +31,7 @@ from handoffrail_server.observability.middleware import (
     SecurityHeadersMiddleware,
 )
 from handoffrail_server.observability.sentry import init_sentry
-from handoffrail_server.packets.service import expire_due
+from handoffrail_server.packets.deadlines import expire_due
 from handoffrail_server.realtime.broker import Broker
 from handoffrail_server.realtime.router import router as realtime_router
 from handoffrail_server.settings import Settings, get_settings
@@ -51,7 +51,9 @@ async def _expiry_loop(state: AppState, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             async with unit_of_work(state.sessions) as session:
-                count = await expire_due(session, state.clock)
+                count = await expire_due(
+                    session, state.clock, ttl_seconds=state.settings.packet_ttl_seconds
+                )
             if count:
                 log.info("packets.expired", count=count)
         except Exception as exc:  # keep the loop alive; the next tick retries

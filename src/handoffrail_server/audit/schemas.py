@@ -16,6 +16,7 @@ class AuditEntry(BaseModel):
     actor: str
     action: str
     resource: str = "packet"
+    resource_id: str | None = None
     details: dict[str, Any]
     timestamp: datetime
     request_id: str | None = None

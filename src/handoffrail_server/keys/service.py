@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.api.roles import Role
+from handoffrail_server.audit import service as audit
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import ApiKey
 from handoffrail_server.errors import AuthenticationFailed, Conflict, NotFound, PermissionDenied
@@ -168,6 +169,16 @@ async def create(
         quotas = effective_quotas(tiers, tenant.tier, max_api_keys=tenant.max_api_keys)
         await limits.check_api_key_quota(session, TenantLimits(tenant.id, tenant.tier, quotas))
     key, plain = await _insert(session, clock, tenant_id=target, name=name, role=role)
+    await audit.record_admin(
+        session,
+        clock,
+        tenant_id=target,
+        actor=f"key:{principal.key_id}",
+        action="api_key.created",
+        resource_type="api_key",
+        resource_id=key.id,
+        details={"role": role.value, "key_prefix": key.key_prefix},
+    )
     return to_read(key, plain)
 
 
@@ -194,6 +205,16 @@ async def revoke(session: AsyncSession, clock: Clock, principal: Principal, key_
         raise KeyAlreadyRevoked(f"API key {key_id} is already revoked")
     key.revoked_at = clock.now()
     await session.flush()
+    await audit.record_admin(
+        session,
+        clock,
+        tenant_id=key.tenant_id,
+        actor=f"key:{principal.key_id}",
+        action="api_key.revoked",
+        resource_type="api_key",
+        resource_id=key.id,
+        details={"key_prefix": key.key_prefix},
+    )
 
 
 async def rotate(
@@ -211,6 +232,16 @@ async def rotate(
         name=f"{key.name} (rotated)"[:256],
         role=Role(key.role),
         is_operator=key.is_operator,
+    )
+    await audit.record_admin(
+        session,
+        clock,
+        tenant_id=key.tenant_id,
+        actor=f"key:{principal.key_id}",
+        action="api_key.rotated",
+        resource_type="api_key",
+        resource_id=key.id,
+        details={"replacement_id": new_key.id, "key_prefix": new_key.key_prefix},
     )
     return to_read(new_key, plain)
 

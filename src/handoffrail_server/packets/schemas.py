@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -179,6 +179,10 @@ class HitlCheckpoint(_Part):
     responded_by: str | None = None
     notes: str | None = None
     timeout_seconds: int | None = Field(default=None, ge=1, le=31_536_000)
+    #: what happens when the timeout passes (default: the tenant's `hitl_fallback`)
+    fallback: Literal["fail", "expire", "escalate"] | None = None
+    #: agent id that gets the packet on `escalate`
+    escalate_to: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
     def _reason_when_required(self) -> HitlCheckpoint:

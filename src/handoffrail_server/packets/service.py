@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,7 +31,6 @@ from handoffrail_server.packets.errors import (
     PacketNotFound,
 )
 from handoffrail_server.packets.lifecycle import (
-    ACTIVE,
     IllegalTransition,
     PacketStatus,
     check_transition,
@@ -529,25 +527,3 @@ class PacketService:
                 )
                 return updated
         raise ConcurrentUpdate(f"Packet {packet_id} is being changed concurrently; retry")
-
-
-async def expire_due(session: AsyncSession, clock: Clock, *, limit: int = 500) -> int:
-    """Expire unfinished packets whose deadline passed; returns how many (idempotent job)."""
-    now: datetime = clock.now()
-    expired = 0
-    for packet in await repository.due_for_expiry(session, now, limit):
-        previous = packet.status
-        if PacketStatus(previous) not in ACTIVE:
-            continue
-        updated = await repository.compare_and_set(
-            session,
-            packet,
-            {"status": PacketStatus.EXPIRED.value, "updated_at": now},
-            allowed_statuses=[status.value for status in ACTIVE],
-        )
-        if updated is None:
-            continue
-        service = PacketService(session, clock, packet.tenant_id)
-        await service.record(updated, "expired", "system:expiry", from_status=previous)
-        expired += 1
-    return expired

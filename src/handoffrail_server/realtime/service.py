@@ -19,6 +19,7 @@ _TYPE_BY_HISTORY = {
     "created": "packet.created",
     "claimed": "packet.claimed",
     "hitl_responded": "hitl.response_ready",
+    "hitl_timed_out": "hitl.timed_out",
     "chained": "packet.chained",
     "updated": "packet.updated",
 }

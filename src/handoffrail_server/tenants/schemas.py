@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from handoffrail_server.api.wire import NoNulModel
 
 Tier = Literal["free", "pro", "business"]
+HitlFallback = Literal["fail", "expire", "escalate"]
 
 
 class TenantCreate(NoNulModel):
@@ -21,6 +22,7 @@ class TenantCreate(NoNulModel):
     tier: Tier = "free"
     handoffs_per_day: int | None = Field(default=None, ge=0, le=10_000_000)
     max_api_keys: int | None = Field(default=None, ge=0, le=100_000)
+    hitl_fallback: HitlFallback = "expire"
 
 
 class TenantUpdate(NoNulModel):
@@ -32,6 +34,7 @@ class TenantUpdate(NoNulModel):
     tier: Tier | None = None
     handoffs_per_day: int | None = Field(default=None, ge=0, le=10_000_000)
     max_api_keys: int | None = Field(default=None, ge=0, le=100_000)
+    hitl_fallback: HitlFallback | None = None
 
 
 class TenantRead(BaseModel):
@@ -42,6 +45,7 @@ class TenantRead(BaseModel):
     tier: str
     handoffs_per_day: int | None
     max_api_keys: int | None
+    hitl_fallback: str = "expire"
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None

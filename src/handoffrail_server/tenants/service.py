@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handoffrail_server.audit import service as audit
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import Tenant
 from handoffrail_server.errors import Conflict, NotFound, PermissionDenied
@@ -54,6 +55,7 @@ def to_read(tenant: Tenant) -> TenantRead:
         tier=tenant.tier,
         handoffs_per_day=tenant.handoffs_per_day,
         max_api_keys=tenant.max_api_keys,
+        hitl_fallback=tenant.hitl_fallback,
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,
         deleted_at=tenant.deleted_at,
@@ -83,6 +85,7 @@ async def create_row(
     max_api_keys: int | None = None,
     tenant_id: str | None = None,
     is_operator: bool = False,
+    hitl_fallback: str = "expire",
 ) -> Tenant:
     """Insert a tenant; a duplicate active name is a conflict."""
     if await repository.active_by_name(session, name) is not None:
@@ -95,6 +98,7 @@ async def create_row(
         handoffs_per_day=handoffs_per_day,
         max_api_keys=max_api_keys,
         is_operator=is_operator,
+        hitl_fallback=hitl_fallback,
         created_at=now,
         updated_at=now,
     )
@@ -144,6 +148,17 @@ async def create(
         tier=body.tier,
         handoffs_per_day=body.handoffs_per_day,
         max_api_keys=body.max_api_keys,
+        hitl_fallback=body.hitl_fallback,
+    )
+    await audit.record_admin(
+        session,
+        clock,
+        tenant_id=tenant.id,
+        actor=f"key:{principal.key_id}",
+        action="tenant.created",
+        resource_type="tenant",
+        resource_id=tenant.id,
+        details={"tier": tenant.tier},
     )
     return to_read(tenant)
 
@@ -178,6 +193,7 @@ async def update(
     """Rename (own tenant) or change tier/quotas (operator only)."""
     tenant = await _visible(session, principal, tenant_id)
     changes = body.model_dump(exclude_unset=True)
+    before = {key: getattr(tenant, key) for key in sorted(changes) if hasattr(tenant, key)}
     if {"tier", "handoffs_per_day", "max_api_keys"} & changes.keys():
         _require_operator(principal, "Changing a tenant's tier or quotas")
     new_name = changes.get("name")
@@ -192,8 +208,20 @@ async def update(
         tenant.handoffs_per_day = changes["handoffs_per_day"]
     if "max_api_keys" in changes:
         tenant.max_api_keys = changes["max_api_keys"]
+    if changes.get("hitl_fallback"):
+        tenant.hitl_fallback = changes["hitl_fallback"]
     tenant.updated_at = clock.now()
     await session.flush()
+    await audit.record_admin(
+        session,
+        clock,
+        tenant_id=tenant.id,
+        actor=f"key:{principal.key_id}",
+        action="tenant.tier_changed" if "tier" in changes else "tenant.updated",
+        resource_type="tenant",
+        resource_id=tenant.id,
+        details={"before": before, "after": {key: changes[key] for key in sorted(changes)}},
+    )
     return to_read(tenant)
 
 
@@ -207,6 +235,15 @@ async def delete(session: AsyncSession, clock: Clock, principal: Principal, tena
     tenant.deleted_at = now
     tenant.updated_at = now
     await session.flush()
+    await audit.record_admin(
+        session,
+        clock,
+        tenant_id=tenant.id,
+        actor=f"key:{principal.key_id}",
+        action="tenant.deleted",
+        resource_type="tenant",
+        resource_id=tenant.id,
+    )
 
 
 async def set_tier(session: AsyncSession, clock: Clock, tenant_id: str, tier: str) -> TenantRead:
@@ -214,9 +251,20 @@ async def set_tier(session: AsyncSession, clock: Clock, tenant_id: str, tier: st
     tenant = await get_active(session, tenant_id) or await by_name(session, tenant_id)
     if tenant is None:
         raise TenantNotFound(f"Tenant {tenant_id} not found")
+    before = tenant.tier
     tenant.tier = tier
     tenant.updated_at = clock.now()
     await session.flush()
+    await audit.record_admin(
+        session,
+        clock,
+        tenant_id=tenant.id,
+        actor="cli",
+        action="tenant.tier_changed",
+        resource_type="tenant",
+        resource_id=tenant.id,
+        details={"before": {"tier": before}, "after": {"tier": tier}},
+    )
     return to_read(tenant)
 
 

@@ -40,7 +40,9 @@ async def register_webhook(
     """Register an endpoint; a generated secret is returned here only."""
     limits = tenant_limits(request)
     assert limits is not None  # set by the Caller dependency
-    return await service.create(session, state.clock, limits, body, _config(state))
+    return await service.create(
+        session, state.clock, limits, body, _config(state), actor=f"key:{caller.key_id}"
+    )
 
 
 @router.get("", response_model=list[WebhookRead], response_model_exclude_none=True)
@@ -95,7 +97,13 @@ async def update_webhook(
 ) -> WebhookRead:
     """Change an endpoint's URL, events or active flag."""
     return await service.update(
-        session, state.clock, caller.tenant_id, webhook_id, body, _config(state)
+        session,
+        state.clock,
+        caller.tenant_id,
+        webhook_id,
+        body,
+        _config(state),
+        actor=f"key:{caller.key_id}",
     )
 
 
@@ -104,7 +112,9 @@ async def delete_webhook(
     webhook_id: str, state: State, session: Session, caller: Caller
 ) -> Response:
     """Deactivate an endpoint (409 if already inactive)."""
-    await service.deactivate(session, state.clock, caller.tenant_id, webhook_id)
+    await service.deactivate(
+        session, state.clock, caller.tenant_id, webhook_id, actor=f"key:{caller.key_id}"
+    )
     return Response(status_code=204)
 
 
@@ -114,7 +124,12 @@ async def rotate_webhook_secret(
 ) -> WebhookRead:
     """Replace the signing secret; the new secret is in this answer only."""
     return await service.rotate_secret(
-        session, state.clock, caller.tenant_id, webhook_id, _config(state)
+        session,
+        state.clock,
+        caller.tenant_id,
+        webhook_id,
+        _config(state),
+        actor=f"key:{caller.key_id}",
     )
 
 

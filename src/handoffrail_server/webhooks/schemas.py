@@ -20,6 +20,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "packet.failed",
     "packet.expired",
     "hitl.response_ready",
+    "hitl.timed_out",
 )
 DEFAULT_EVENTS = ["packet.created", "packet.claimed", "packet.completed", "packet.failed"]
 TEST_EVENT = "webhook.test"

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handoffrail_server.audit import service as audit
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import WebhookDelivery, WebhookEndpoint
 from handoffrail_server.errors import Conflict, NotFound, Unprocessable
@@ -42,6 +43,7 @@ EVENT_NAMES: dict[str, str] = {
     "failed": "packet.failed",
     "expired": "packet.expired",
     "hitl_responded": "hitl.response_ready",
+    "hitl_timed_out": "hitl.timed_out",
 }
 
 
@@ -104,6 +106,8 @@ async def create(
     limits: TenantLimits,
     body: WebhookCreate,
     config: WebhookConfig,
+    *,
+    actor: str = "system",
 ) -> WebhookRead:
     """Register an endpoint within the tier's cap; returns the secret only if generated."""
     cap = limits.quotas.max_webhooks
@@ -130,7 +134,28 @@ async def create(
         updated_at=now,
     )
     await repository.add(session, row)
+    await _audit(session, clock, row, actor, "webhook.created", {"events": body.events})
     return to_read(row, secret if generated else None)
+
+
+async def _audit(
+    session: AsyncSession,
+    clock: Clock,
+    row: WebhookEndpoint,
+    actor: str,
+    action: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    await audit.record_admin(
+        session,
+        clock,
+        tenant_id=row.tenant_id,
+        actor=actor,
+        action=action,
+        resource_type="webhook",
+        resource_id=row.id,
+        details=details,
+    )
 
 
 async def _owned(session: AsyncSession, tenant_id: str, webhook_id: str) -> WebhookEndpoint:
@@ -157,6 +182,8 @@ async def update(
     webhook_id: str,
     body: WebhookUpdate,
     config: WebhookConfig,
+    *,
+    actor: str = "system",
 ) -> WebhookRead:
     """Change URL, events or active flag."""
     row = await _owned(session, tenant_id, webhook_id)
@@ -169,10 +196,14 @@ async def update(
         row.active = body.active
     row.updated_at = clock.now()
     await session.flush()
+    changed = sorted(body.model_dump(exclude_none=True))
+    await _audit(session, clock, row, actor, "webhook.updated", {"fields": changed})
     return to_read(row)
 
 
-async def deactivate(session: AsyncSession, clock: Clock, tenant_id: str, webhook_id: str) -> None:
+async def deactivate(
+    session: AsyncSession, clock: Clock, tenant_id: str, webhook_id: str, *, actor: str = "system"
+) -> None:
     """DELETE /hooks/{id}: stop delivering to the endpoint (kept for its history)."""
     row = await _owned(session, tenant_id, webhook_id)
     if not row.active:
@@ -180,10 +211,17 @@ async def deactivate(session: AsyncSession, clock: Clock, tenant_id: str, webhoo
     row.active = False
     row.updated_at = clock.now()
     await session.flush()
+    await _audit(session, clock, row, actor, "webhook.deactivated")
 
 
 async def rotate_secret(
-    session: AsyncSession, clock: Clock, tenant_id: str, webhook_id: str, config: WebhookConfig
+    session: AsyncSession,
+    clock: Clock,
+    tenant_id: str,
+    webhook_id: str,
+    config: WebhookConfig,
+    *,
+    actor: str = "system",
 ) -> WebhookRead:
     """Replace the secret; the new one is returned once."""
     row = await _owned(session, tenant_id, webhook_id)
@@ -191,6 +229,7 @@ async def rotate_secret(
     row.secret_encrypted = crypto.encrypt(config.secret_key, secret)
     row.updated_at = clock.now()
     await session.flush()
+    await _audit(session, clock, row, actor, "webhook.secret_rotated")
     return to_read(row, secret)
 
 

@@ -18,10 +18,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from handoffrail_server.clock import Clock
-from handoffrail_server.db.models import JobRun, PacketEvent, Tenant
+from handoffrail_server.db.models import AdminAudit, JobRun, PacketEvent, Tenant
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.observability import metrics
-from handoffrail_server.packets.service import expire_due
+from handoffrail_server.packets.deadlines import expire_due
 from handoffrail_server.realtime import repository as stream_repository
 from handoffrail_server.settings import Settings
 from handoffrail_server.webhooks import repository as webhook_repository
@@ -54,7 +54,9 @@ async def _expire_packets(context: JobContext) -> str:
     total = 0
     while True:
         async with unit_of_work(context.sessions) as session:
-            count = await expire_due(session, context.clock, limit=500)
+            count = await expire_due(
+                session, context.clock, limit=500, ttl_seconds=context.settings.packet_ttl_seconds
+            )
         total += count
         if count < 500:
             return f"expired {total} packet(s)"
@@ -81,6 +83,13 @@ async def _purge_audit(context: JobContext) -> str:
                 delete(PacketEvent).where(
                     PacketEvent.tenant_id == tenant_id,
                     PacketEvent.created_at < now - timedelta(days=days),
+                )
+            )
+            purged += int(getattr(result, "rowcount", 0) or 0)
+            result = await session.execute(
+                delete(AdminAudit).where(
+                    AdminAudit.tenant_id == tenant_id,
+                    AdminAudit.created_at < now - timedelta(days=days),
                 )
             )
             purged += int(getattr(result, "rowcount", 0) or 0)

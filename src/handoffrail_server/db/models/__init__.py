@@ -1,5 +1,6 @@
 """Every ORM table, imported in one place for Alembic."""
 
+from handoffrail_server.db.models.admin_audit import AdminAudit
 from handoffrail_server.db.models.api_key import ApiKey
 from handoffrail_server.db.models.packet import Packet, PacketTag
 from handoffrail_server.db.models.packet_event import PacketEvent
@@ -15,6 +16,7 @@ from handoffrail_server.db.models.webhook import (
 )
 
 __all__ = [
+    "AdminAudit",
     "Agent",
     "ApiKey",
     "JobRun",

@@ -32,6 +32,10 @@ class Tenant(Base):
     handoffs_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_api_keys: Mapped[int | None] = mapped_column(Integer, nullable=True)
     is_operator: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    #: what happens when a HITL deadline passes: fail, expire or escalate (packet may override)
+    hitl_fallback: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="expire", server_default="expire"
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
