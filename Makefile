@@ -52,6 +52,10 @@ unit: install ## Fast unit tests only
 test: lint ## Everything CI runs: lint, then all tests with coverage (PostgreSQL included)
 	$(BIN)/pytest --cov=handoffrail_server --cov-branch --cov-report=term:skip-covered -q
 
+.PHONY: deploy-check
+deploy-check: install ## Static checks of the deployment kit (compose, hadolint, caddy, schemas, k8s, shellcheck, yamllint)
+	$(BIN)/pytest tests/deploy/test_static.py -q
+
 .PHONY: lock
 lock: $(UV) ## Re-resolve uv.lock after changing pyproject.toml
 	$(UV) lock

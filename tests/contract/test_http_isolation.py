@@ -150,9 +150,18 @@ async def test_other_tenants_lists_search_awaiting_and_audit_stay_empty(api: Api
         assert t.a_hitl_packet["id"] not in ids, (path, params)
         assert response.json()["total"] == len(ids), (path, params)
         assert ids <= {b_packet["id"]}
-    audit = await api.client.get(f"{P}/audit", headers=api.headers(t.b_key))
+    audit = await api.client.get(
+        f"{P}/audit", params={"resource": "packet"}, headers=api.headers(t.b_key)
+    )
     assert {entry["packet_id"] for entry in audit.json()["entries"]} == {b_packet["id"]}
     assert audit.json()["total"] == 1
+    # Administrative rows B sees are about B's own tenant only (its creation, its key).
+    everything = await api.client.get(f"{P}/audit", headers=api.headers(t.b_key))
+    admin_rows = [entry for entry in everything.json()["entries"] if entry["resource"] != "packet"]
+    assert admin_rows
+    for entry in admin_rows:
+        assert entry["resource_id"] != t.a_packet["id"]
+        assert entry["packet_id"] == ""
     filtered = await api.client.get(
         f"{P}/audit", params={"packet_id": t.a_packet["id"]}, headers=api.headers(t.b_key)
     )

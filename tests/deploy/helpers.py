@@ -1,0 +1,59 @@
+"""Shared helpers for the deployment proofs: repository paths, pinned tools, bounded runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+IN_CI = bool(os.environ.get("CI"))
+TOOL_TIMEOUT = 120
+
+
+def tool(name: str) -> str:
+    """A pinned tool from the venv (a dev dependency) or PATH; missing: skip, but fail in CI."""
+    candidate = BIN / name
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed (a dev dependency: run `make install`)"
+    if IN_CI:
+        pytest.fail(message + "; CI must run every deployment check")
+    pytest.skip(message)
+
+
+def run(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    timeout: float = TOOL_TIMEOUT,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command (bounded), capturing text output."""
+    return subprocess.run(
+        list(args),
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without HR_*, compose and Caddy variables, plus `extra`."""
+    dropped = ("HR_", "POSTGRES_", "REDIS_PASSWORD", "CADDY_", "COMPOSE_", "WEB_CONCURRENCY")
+    env = {key: value for key, value in os.environ.items() if not key.upper().startswith(dropped)}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
