@@ -1,0 +1,96 @@
+"""The stream log's ids follow commit order within a tenant, so a reader that remembers the last
+id (a live SSE reader, or a client resuming with Last-Event-ID) never skips an event that a slower
+concurrent transaction commits later."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from handoffrail_server.clock import SystemClock
+from handoffrail_server.db.engine import create_engine, create_sessionmaker
+from handoffrail_server.db.models import Tenant
+from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.realtime import service
+
+
+async def _append(session: object, tenant_id: str, status: str) -> None:
+    await service.append(
+        session,  # type: ignore[arg-type]
+        SystemClock(),
+        tenant_id=tenant_id,
+        history_event=status,
+        packet_id=uuid.uuid4(),
+        status=status,
+        metadata={},
+        details=None,
+        hitl=None,
+    )
+
+
+async def test_a_slow_transaction_is_not_skipped_by_a_reader(migrated_url: str) -> None:
+    engine = create_engine(migrated_url, pool_size=3, max_overflow=0)
+    sessions = create_sessionmaker(engine)
+    try:
+        tenant_id = f"t-{uuid.uuid4().hex[:8]}"
+        async with unit_of_work(sessions) as session:
+            now = datetime.now(UTC)
+            session.add(Tenant(id=tenant_id, name=tenant_id, created_at=now, updated_at=now))
+        async with unit_of_work(sessions) as reader:
+            start = await service.newest_id(reader, tenant_id)
+
+        slow = sessions()
+        try:
+            await slow.begin()
+            await _append(slow, tenant_id, "slow")  # inserted first, committed last
+            if not migrated_url.startswith("sqlite"):  # SQLite allows one writer at a time
+                async with unit_of_work(sessions) as fast:
+                    await _append(fast, tenant_id, "fast")
+                async with unit_of_work(sessions) as reader:
+                    seen = await service.read_since(reader, tenant_id, start)
+                assert [event.status for event in seen] == ["fast"]
+                start = seen[-1].id  # what a live reader / a resuming client remembers
+            await slow.commit()
+        finally:
+            await slow.close()
+
+        async with unit_of_work(sessions) as reader:
+            later = await service.read_since(reader, tenant_id, start)
+        assert [event.status for event in later] == ["slow"], "the slower commit was skipped"
+    finally:
+        await engine.dispose()
+
+
+async def test_savepoint_rollback_drops_only_its_own_events(migrated_url: str) -> None:
+    """Batch operations run each item in a savepoint: a failed item's event must vanish, the
+    others (before and after it) must stay."""
+    engine = create_engine(migrated_url, pool_size=2, max_overflow=0)
+    sessions = create_sessionmaker(engine)
+    try:
+        tenant_id = f"t-{uuid.uuid4().hex[:8]}"
+        async with unit_of_work(sessions) as session:
+            now = datetime.now(UTC)
+            session.add(Tenant(id=tenant_id, name=tenant_id, created_at=now, updated_at=now))
+        async with unit_of_work(sessions) as session:
+            await _append(session, tenant_id, "outer-1")
+            async with session.begin_nested():
+                await _append(session, tenant_id, "item-ok")
+            try:
+                async with session.begin_nested():
+                    await _append(session, tenant_id, "item-failed")
+                    raise RuntimeError("item failed")
+            except RuntimeError:
+                pass
+            await _append(session, tenant_id, "outer-2")
+        try:
+            async with unit_of_work(sessions) as session:
+                await _append(session, tenant_id, "rolled-back")
+                raise RuntimeError("request failed")
+        except RuntimeError:
+            pass
+        async with unit_of_work(sessions) as reader:
+            events = await service.read_since(reader, tenant_id, 0)
+        assert [event.status for event in events] == ["outer-1", "item-ok", "outer-2"]
+        assert [event.id for event in events] == sorted(event.id for event in events)
+    finally:
+        await engine.dispose()
