@@ -25,7 +25,11 @@ def address_allowed(address: IPAddress, *, allow_private: bool) -> bool:
     """True when `address` is a public unicast address (or private ones are allowed)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    if address.is_multicast or address.is_unspecified or address.is_reserved:
+    if address.is_multicast or address.is_unspecified:
+        return False
+    if allow_private and address.is_loopback:
+        return True  # `::1` lies in the reserved `::/8` but is loopback
+    if address.is_reserved:
         return False
     if allow_private:
         return True
