@@ -1,0 +1,1 @@
+"""The HandoffRail benchmark harness (issue 10): `make bench`, `handoffrail bench`."""

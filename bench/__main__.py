@@ -1,0 +1,5 @@
+"""`python -m bench [--smoke] [--json PATH]`."""
+
+from bench.harness import main
+
+raise SystemExit(main())
