@@ -17,6 +17,7 @@ from handoffrail_server.api.deps import AppState
 from handoffrail_server.api.problems import install_problem_handlers
 from handoffrail_server.api.router import build_api_router
 from handoffrail_server.clock import Clock, SystemClock
+from handoffrail_server.dashboard.router import router as dashboard_router
 from handoffrail_server.db import migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.uow import unit_of_work
@@ -34,7 +35,7 @@ from handoffrail_server.observability.sentry import init_sentry
 from handoffrail_server.packets.deadlines import expire_due
 from handoffrail_server.realtime.broker import Broker
 from handoffrail_server.realtime.router import router as realtime_router
-from handoffrail_server.settings import Settings, get_settings
+from handoffrail_server.settings import Environment, Settings, get_settings
 
 log = structlog.get_logger(__name__)
 
@@ -149,9 +150,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(realtime_router)
+    app.include_router(dashboard_router)
     app.include_router(build_api_router())
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
+        if wildcard and settings.environment is Environment.STAGING:
+            log.warning("config.cors_wildcard", variable="HR_CORS_ORIGINS", refused_in="production")
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,

@@ -1,0 +1,1 @@
+"""The human-in-the-loop page at /dashboard: server-rendered, signed-cookie sessions, live SSE."""
