@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,13 +237,18 @@ class LiveServer:
     database_url: str
 
 
-@pytest.fixture
-def live_server(migrated_url: str) -> Iterator[LiveServer]:
-    """Uvicorn serving the app on 127.0.0.1:<free port> for real HTTP clients (the SDK)."""
-    operator_key = bootstrap_operator_key(migrated_url)
-    app = create_app(make_settings(migrated_url))
+@contextmanager
+def run_live_server(url: str, *, backlog: int = 2048, **overrides: object) -> Iterator[LiveServer]:
+    """Serve the app for the migrated database `url` on a free loopback port, in a thread.
+
+    Makes the first operator key; `overrides` are Settings fields for this server.
+    """
+    operator_key = bootstrap_operator_key(url)
+    app = create_app(make_settings(url, **overrides))
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", backlog=backlog
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -253,10 +259,17 @@ def live_server(migrated_url: str) -> Iterator[LiveServer]:
         time.sleep(0.05)
     base = f"http://127.0.0.1:{port}"
     try:
-        yield LiveServer(base, f"{base}/api/v1", operator_key, migrated_url)
+        yield LiveServer(base, f"{base}/api/v1", operator_key, url)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.fixture
+def live_server(migrated_url: str) -> Iterator[LiveServer]:
+    """Uvicorn serving the app on 127.0.0.1:<free port> for real HTTP clients (the SDK)."""
+    with run_live_server(migrated_url) as server:
+        yield server
 
 
 def packet_body(

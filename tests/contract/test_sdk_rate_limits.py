@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-import uvicorn
 from handoffrail.sdk import HandoffRailClient
 from handoffrail.sdk.exceptions import HandoffRailError, RateLimitError
 
 from handoffrail_server.limits.service import seconds_until_utc_midnight
-from handoffrail_server.main import create_app
-from tests.conftest import LiveServer, bootstrap_operator_key, free_port, make_settings
+from tests.conftest import LiveServer, run_live_server
 from tests.contract.sdk_support import async_client, packet, sync_client
 
 
@@ -94,27 +90,9 @@ async def test_async_sdk_raises_rate_limit_error_too(live_server: LiveServer) ->
     assert caught.value.retry_after >= 1
 
 
-@contextmanager
-def limited_server(url: str, **overrides: object) -> Iterator[LiveServer]:
+def limited_server(url: str, **overrides: object) -> ContextManager[LiveServer]:
     """Uvicorn on a free loopback port with its own limit settings."""
-    operator_key = bootstrap_operator_key(url)
-    app = create_app(make_settings(url, **overrides))
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        yield LiveServer(base, f"{base}/api/v1", operator_key, url)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    return run_live_server(url, **overrides)
 
 
 def test_sdk_raises_rate_limit_error_past_the_per_key_limit(migrated_url: str) -> None:

@@ -7,7 +7,6 @@ pool big enough that the claims really race inside the database.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections import Counter
@@ -16,19 +15,15 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
 from handoffrail_server.db import migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import Packet
-from handoffrail_server.main import create_app
 from tests.conftest import (
     LiveServer,
-    bootstrap_operator_key,
-    free_port,
-    make_settings,
     packet_body,
+    run_live_server,
 )
 
 CLAIMERS = 50
@@ -43,27 +38,8 @@ DRAIN_TIMEOUT = 200.0  # inside this test's 300 s timeout
 def serve(url: str) -> Iterator[LiveServer]:
     """Migrate `url`, make an operator key and serve the app on a free loopback port."""
     migrations.upgrade(url)
-    operator_key = bootstrap_operator_key(url)
-    app = create_app(make_settings(url, db_pool_size=20, db_max_overflow=40))
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", backlog=512
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        yield LiveServer(base, f"{base}/api/v1", operator_key, url)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "test server did not stop"
+    with run_live_server(url, backlog=512, db_pool_size=20, db_max_overflow=40) as live:
+        yield live
 
 
 @pytest.fixture
