@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.api.roles import Role
 from handoffrail_server.cli import ops
+from handoffrail_server.cli.audit import audit_app
 from handoffrail_server.cli.bench import bench
 from handoffrail_server.cli.worker import jobs_app, webhooks_app, worker
 from handoffrail_server.clock import SystemClock
@@ -41,6 +42,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(audit_app, name="audit")
 app.command()(worker)
 app.command()(bench)
 ops.register(app, migrate_app)  # backup, restore, smoke, migrate history
