@@ -206,6 +206,14 @@ def test_caddy_in_front_with_verified_tls(stack: Stack, tmp_path: Path) -> None:
             assert httpx.get(f"{stack.base_url}/metrics", timeout=10).status_code == 200
             docs = client.get(f"{base}/openapi.json", headers={"Accept-Encoding": "zstd, gzip"})
             assert docs.headers.get("content-encoding") in {"zstd", "gzip"}
+        # A spoofed X-Forwarded-For is not believed: Caddy overwrites it with the real client, so
+        # failed keys from "many addresses" all count against this one client and get throttled.
+        with httpx.Client(verify=verify, timeout=10) as client:
+            statuses = []
+            for attempt in range(40):
+                spoofed = {"X-API-Key": generate_key(), "X-Forwarded-For": f"203.0.113.{attempt}"}
+                statuses.append(client.get(f"{base}/api/v1/packets", headers=spoofed).status_code)
+        assert 429 in statuses, statuses
         # Without Caddy's root certificate the edge is not trusted: verification is real.
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base}/health", timeout=5)
@@ -327,7 +335,11 @@ def test_sqlite_backup_restore_in_process(tmp_path: Path, monkeypatch: pytest.Mo
 def test_smoke_in_process_against_a_live_server(live_server: LiveServer) -> None:
     results = run_smoke(live_server.base_url, live_server.operator_key, timeout=10)
     assert [result.name for result in results if not result.ok] == []
-    assert len(results) == 10
+    names = [result.name for result in results]
+    assert names[:4] == ["health", "ready", "auth required", "throwaway key"]
+    assert names[-2:] == ["revoke throwaway key", "rate limit (429)"]
+    assert len(results) == 13
+    assert next(r for r in results if r.name == "throwaway key").detail.startswith("writer key")
     failing = run_smoke(live_server.base_url, "hr_" + "x" * 43, timeout=10)
     assert {result.name for result in failing if not result.ok} >= {"create packet", "claim"}
 

@@ -408,7 +408,9 @@ def run_smoke(
     base = base_url.rstrip("/")
     api = f"{base}/api/v1"
     token = f"smoke{uuid.uuid4().hex[:12]}"
-    headers = {"X-API-Key": api_key}
+    admin_headers = {"X-API-Key": api_key}
+    headers = dict(admin_headers)  # replaced by the throwaway key once it exists
+    throwaway: dict[str, str] = {}
     with httpx.Client(timeout=httpx.Timeout(timeout), verify=verify) as client:
         run = SmokeRun(client, origin)
 
@@ -423,12 +425,42 @@ def run_smoke(
             return f"database {body.get('database')}, redis {body.get('redis')}"
 
         def auth_required() -> str:
-            _expect(client.get(f"{api}/packets"), 401)
-            return "401 without a key"
+            response = client.get(f"{api}/packets")
+            # 429 when this client already spent its failed-key budget (e.g. a previous smoke).
+            assert response.status_code in {401, 429}, f"expected 401, got {response.status_code}"
+            return f"{response.status_code} without a key"
+
+        def rate_limited() -> str:
+            # Failed keys are throttled per client address; a well-formed unknown key is one.
+            bogus = {"X-API-Key": "hr_" + "0" * 43}
+            for attempt in range(1, 201):
+                response = client.get(f"{api}/packets", headers=bogus)
+                if response.status_code == 429:
+                    assert response.headers.get("retry-after"), "429 without Retry-After"
+                    return f"429 after {attempt} failed keys"
+            raise AssertionError("no 429 after 200 failed keys")
+
+        def make_throwaway_key() -> None:
+            body = {"name": f"smoke {token}", "role": "writer"}
+            try:
+                response = client.post(f"{api}/keys", json=body, headers=admin_headers)
+            except httpx.HTTPError as exc:
+                run.skip("throwaway key", f"not created ({type(exc).__name__})")
+                return
+            if response.status_code != 201:
+                # e.g. the tier's key quota is used up: the round trip uses the given key.
+                note = f"none ({response.status_code}, e.g. key quota); using the given key"
+                run.check("throwaway key", lambda: note)
+                return
+            created = response.json()
+            throwaway.update(id=str(created["id"]), key=str(created["key"]))
+            headers["X-API-Key"] = throwaway["key"]
+            run.check("throwaway key", lambda: f"writer key {created.get('key_prefix')}")
 
         run.check("health", health)
         run.check("ready", ready)
         run.check("auth required", auth_required)
+        make_throwaway_key()
         if origin:
 
             def cors() -> str:
@@ -506,13 +538,23 @@ def run_smoke(
         step("list", listed)
         step("search", searched)
         step("delete", delete)
+
+        def revoke() -> str:
+            url = f"{api}/keys/{throwaway['id']}"
+            _expect(client.delete(url, headers=admin_headers), 204)
+            return "revoked"
+
+        if throwaway:
+            run.check("revoke throwaway key", revoke)
+        # Last: it throttles this client's failed-key budget for a minute.
+        run.check("rate limit (429)", rate_limited)
         return run.results
 
 
 def smoke(
     url: Annotated[str, typer.Argument(help="Base URL, e.g. https://api.example.com")],
     api_key: Annotated[
-        str, typer.Option(envvar="HR_SMOKE_API_KEY", help="An admin or writer key.")
+        str, typer.Option(envvar="HR_SMOKE_API_KEY", help="An admin key (makes a throwaway key).")
     ],
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
     ca_cert: Annotated[
