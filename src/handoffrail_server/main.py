@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
         statement_cache_size=settings.db_statement_cache_size,
+        pre_ping=settings.db_pool_pre_ping,
         echo=settings.db_echo,
     )
     state = AppState(

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=1800, ge=-1)
     db_statement_cache_size: int = Field(default=100, ge=0)
+    #: test each pooled connection with a round trip before use; off by default (it costs a
+    #: round trip per request): a connection found dead fails one request with 503 and
+    #: SQLAlchemy then replaces every pooled connection of that outage
+    db_pool_pre_ping: bool = False
     db_echo: bool = False
     packet_ttl_seconds: int = Field(default=86400, ge=60)
     max_batch_size: int = Field(default=50, ge=1, le=500)

@@ -94,3 +94,45 @@ async def test_savepoint_rollback_drops_only_its_own_events(migrated_url: str) -
         assert [event.id for event in events] == sorted(event.id for event in events)
     finally:
         await engine.dispose()
+
+
+async def test_an_older_open_transaction_holds_newer_events_back(migrated_url: str) -> None:
+    """PostgreSQL: ids come from the writing transaction's xid, so an event committed by a newer
+    transaction waits (held back, not skipped) until an older writing transaction ends, and is
+    then delivered after the older one's events."""
+    if migrated_url.startswith("sqlite"):
+        return  # one writer at a time: nothing can be held back
+    from sqlalchemy import text
+
+    engine = create_engine(migrated_url, pool_size=3, max_overflow=0)
+    sessions = create_sessionmaker(engine)
+    try:
+        tenant_id = f"t-{uuid.uuid4().hex[:8]}"
+        async with unit_of_work(sessions) as session:
+            now = datetime.now(UTC)
+            session.add(Tenant(id=tenant_id, name=tenant_id, created_at=now, updated_at=now))
+        async with unit_of_work(sessions) as reader:
+            start = await service.newest_id(reader, tenant_id)
+
+        older = sessions()
+        try:
+            await older.begin()
+            await older.execute(text("SELECT pg_current_xact_id()"))  # a writer: has an xid
+            async with unit_of_work(sessions) as newer:
+                await _append(newer, tenant_id, "newer")
+            async with unit_of_work(sessions) as reader:
+                batch = await service.read_batch(reader, tenant_id, start)
+            assert batch.events == []
+            assert batch.held_back
+            await _append(older, tenant_id, "older")
+            await older.commit()
+        finally:
+            await older.close()
+
+        async with unit_of_work(sessions) as reader:
+            batch = await service.read_batch(reader, tenant_id, start)
+        assert [event.status for event in batch.events] == ["older", "newer"]
+        assert not batch.held_back
+        assert batch.events[0].id < batch.events[1].id
+    finally:
+        await engine.dispose()

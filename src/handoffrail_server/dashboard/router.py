@@ -366,12 +366,14 @@ async def events(
                         checked = time.monotonic()
                         if await _viewer(request, state, session) is None:
                             return  # key revoked or session expired: end the stream
-                    batch = await streams.read_since(session, tenant_id, after_id, STREAM_BATCH)
-                for event in batch:
+                    batch = await streams.read_batch(session, tenant_id, after_id, STREAM_BATCH)
+                for event in batch.events:
                     after_id = event.id
                     payload = json.dumps(streams.envelope(event))
                     yield ServerSentEvent(data=payload, id=str(event.id))
-                if len(batch) < STREAM_BATCH:
+                if batch.held_back:
+                    await asyncio.sleep(streams.HELD_BACK_RETRY_SECONDS)
+                elif len(batch.events) < STREAM_BATCH:
                     await _wait_for_events(state, tenant_id)
         finally:
             _open_streams[tenant_id] -= 1

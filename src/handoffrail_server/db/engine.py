@@ -24,6 +24,7 @@ def create_engine(
     pool_timeout: float = 10.0,
     pool_recycle: int = 1800,
     statement_cache_size: int = 100,
+    pre_ping: bool = False,
     echo: bool = False,
 ) -> AsyncEngine:
     """Create the async engine for `url` (already normalised by settings)."""
@@ -50,7 +51,7 @@ def create_engine(
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
         pool_recycle=pool_recycle,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args=connect_args,
     )
 

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handoffrail_server.db.models import ApiKey
+from handoffrail_server.db.models import ApiKey, Tenant
+
+# Built once: the per-request key lookup skips statement construction and ORM loading.
+_PRINCIPAL = (
+    select(
+        ApiKey.id,
+        ApiKey.key_prefix,
+        ApiKey.tenant_id,
+        ApiKey.role,
+        ApiKey.is_operator,
+        ApiKey.revoked_at,
+        Tenant.is_operator.label("tenant_is_operator"),
+        Tenant.tier,
+        Tenant.handoffs_per_day,
+        Tenant.max_api_keys,
+        Tenant.deleted_at,
+    )
+    .join(Tenant, Tenant.id == ApiKey.tenant_id)
+    .where(ApiKey.key_hash == bindparam("key_hash"))
+)
+
+
+async def principal_row(session: AsyncSession, key_hash: str) -> Any:
+    """The key with this hash joined to its tenant (one round trip), revoked or not."""
+    result = await session.execute(_PRINCIPAL, {"key_hash": key_hash})
+    return result.one_or_none()
 
 
 async def by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:

@@ -103,23 +103,22 @@ async def authenticate(session: AsyncSession, plain: str | None) -> Principal:
     plain = plain.strip()
     if not tokens.looks_like_key(plain):
         raise InvalidKey("Invalid API key")
-    key = await repository.by_hash(session, tokens.hash_key(plain))
-    if key is None:
+    row = await repository.principal_row(session, tokens.hash_key(plain))
+    if row is None:
         raise InvalidKey("Invalid API key")
-    if key.revoked_at is not None:
+    if row.revoked_at is not None:
         raise KeyRevoked("API key has been revoked")
-    tenant = await tenants.get_active(session, key.tenant_id)
-    if tenant is None:
+    if row.deleted_at is not None:
         raise InvalidKey("Invalid API key")
     return Principal(
-        key_id=key.id,
-        key_prefix=key.key_prefix,
-        tenant_id=key.tenant_id,
-        role=Role(key.role),
-        is_operator=key.is_operator and tenant.is_operator,
-        tier=tenant.tier,
-        handoffs_per_day=tenant.handoffs_per_day,
-        max_api_keys=tenant.max_api_keys,
+        key_id=row.id,
+        key_prefix=row.key_prefix,
+        tenant_id=row.tenant_id,
+        role=Role(row.role),
+        is_operator=bool(row.is_operator and row.tenant_is_operator),
+        tier=row.tier,
+        handoffs_per_day=row.handoffs_per_day,
+        max_api_keys=row.max_api_keys,
     )
 
 

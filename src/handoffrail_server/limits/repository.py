@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +18,21 @@ from handoffrail_server.db.models import Agent, ApiKey, Packet, Tenant, TenantUs
 def _insert(session: AsyncSession) -> Any:
     """The dialect's INSERT construct (both offer `on_conflict_do_*` with the same signature)."""
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+@cache
+def _add_handoffs_statement(dialect: str) -> Any:
+    """Built once per dialect (a hot path: every packet create)."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    count = bindparam("count", type_=Integer)
+    statement = insert(TenantUsage).values(
+        tenant_id=bindparam("tenant_id"), day=bindparam("day"), handoffs=count
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[TenantUsage.tenant_id, TenantUsage.day],
+        set_={"handoffs": TenantUsage.handoffs + count},
+        where=TenantUsage.handoffs + count <= bindparam("limit", type_=Integer),
+    ).returning(TenantUsage.handoffs)
 
 
 async def add_handoffs(
@@ -30,14 +46,9 @@ async def add_handoffs(
     """
     if count > limit:
         return None
-    insert = _insert(session)
-    statement = insert(TenantUsage).values(tenant_id=tenant_id, day=day, handoffs=count)
-    statement = statement.on_conflict_do_update(
-        index_elements=[TenantUsage.tenant_id, TenantUsage.day],
-        set_={"handoffs": TenantUsage.handoffs + count},
-        where=TenantUsage.handoffs + count <= limit,
-    ).returning(TenantUsage.handoffs)
-    result = await session.execute(statement)
+    statement = _add_handoffs_statement(session.get_bind().dialect.name)
+    parameters = {"tenant_id": tenant_id, "day": day, "count": count, "limit": limit}
+    result = await session.execute(statement, parameters)
     value = result.scalar_one_or_none()
     return int(value) if value is not None else None
 

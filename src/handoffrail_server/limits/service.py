@@ -6,6 +6,8 @@ created (validation error, rollback) never consumes quota.
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -77,6 +79,49 @@ async def check_api_key_quota(session: AsyncSession, limits: TenantLimits) -> No
         )
 
 
+class RecentAgents:
+    """Agents this process saw registered and touched lately (bounded; per process).
+
+    Agent rows are never deleted (a deleted tenant is soft-deleted), so "registered" cannot go
+    stale; skipping the touch only leaves `last_seen_at` up to AGENT_TOUCH_INTERVAL behind,
+    which the conditional touch allows anyway. Saves three statements per packet create.
+    """
+
+    def __init__(self, max_entries: int = 50_000, ttl: timedelta = AGENT_TOUCH_INTERVAL) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._max = max_entries
+        self._ttl = ttl.total_seconds()
+
+    def fresh(self, tenant_id: str, agent_ids: Iterable[str]) -> bool:
+        """True when every agent was seen within the TTL."""
+        horizon = time.monotonic() - self._ttl
+        return all(self._seen.get((tenant_id, agent), -1.0) > horizon for agent in agent_ids)
+
+    def remember(self, tenant_id: str, agent_ids: Iterable[str]) -> None:
+        """Mark `agent_ids` as seen now."""
+        if len(self._seen) >= self._max:
+            self._seen.clear()
+        now = time.monotonic()
+        for agent in agent_ids:
+            self._seen[(tenant_id, agent)] = now
+
+    def clear(self) -> None:
+        """Forget everything (tests)."""
+        self._seen.clear()
+
+
+#: one memory per engine (per database): tests run several databases in one process
+_recently_seen: weakref.WeakKeyDictionary[Any, RecentAgents] = weakref.WeakKeyDictionary()
+
+
+def _recent_agents(session: AsyncSession) -> RecentAgents:
+    engine = session.get_bind()
+    memory = _recently_seen.get(engine)
+    if memory is None:
+        memory = _recently_seen[engine] = RecentAgents()
+    return memory
+
+
 async def register_agents(
     session: AsyncSession,
     clock: Clock,
@@ -89,12 +134,17 @@ async def register_agents(
         wanted.setdefault(agent_id, (name, framework))
     if not wanted:
         return
+    recent = _recent_agents(session)
+    if recent.fresh(limits.tenant_id, wanted):
+        return  # registered, and last_seen_at moved forward within AGENT_TOUCH_INTERVAL
     now = clock.now()
     known = await repository.known_agents(session, limits.tenant_id, list(wanted))
     for agent_id in known:
         await repository.touch_agent(
             session, limits.tenant_id, agent_id, now, now - AGENT_TOUCH_INTERVAL
         )
+    # Only committed rows are remembered (an agent registered below may still roll back).
+    recent.remember(limits.tenant_id, known)
     new_ids = [agent_id for agent_id in wanted if agent_id not in known]
     if not new_ids:
         return

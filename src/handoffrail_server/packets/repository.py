@@ -29,6 +29,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.db.models import Packet, PacketEvent, PacketTag
+from handoffrail_server.db.rows import insert_rows
 from handoffrail_server.packets import policy
 
 
@@ -81,12 +82,15 @@ def _conditions(tenant_id: str, filters: PacketFilter) -> list[ColumnElement[boo
 
 
 async def insert(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> Packet:
-    """Insert a packet with its tags."""
-    session.add(packet)
-    await session.flush()
-    for tag in dict.fromkeys(tags):
-        session.add(PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id))
-    await session.flush()
+    """Insert a packet with its tags (Core inserts; `packet` stays a transient value)."""
+    await insert_rows(session, packet)
+    await insert_rows(
+        session,
+        *(
+            PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id)
+            for tag in dict.fromkeys(tags)
+        ),
+    )
     return packet
 
 
@@ -245,8 +249,7 @@ async def claim_candidates(
 
 async def add_event(session: AsyncSession, event: PacketEvent) -> None:
     """Append one event row."""
-    session.add(event)
-    await session.flush()
+    await insert_rows(session, event)
 
 
 async def history(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> list[PacketEvent]:

@@ -27,6 +27,8 @@ class Broker:
         self._prefix = prefix
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._listener: asyncio.Task[None] | None = None
+        self._unpublished: set[str] = set()
+        self._publisher: asyncio.Task[None] | None = None
 
     def _wake_local(self, tenant_id: str) -> None:
         event = self._events.get(tenant_id)
@@ -34,14 +36,31 @@ class Broker:
             event.set()
 
     async def notify(self, tenant_id: str) -> None:
-        """Tell every reader of `tenant_id` (on every instance) to look for new events."""
+        """Tell every reader of `tenant_id` (on every instance) to look for new events.
+
+        Local readers wake at once. The Redis publish runs in one background task per process
+        that coalesces tenants notified meanwhile (one publish per tenant per round instead of
+        one per commit), so a writer never waits on Redis.
+        """
         self._wake_local(tenant_id)
         if self._redis is None:
             return
-        try:
-            await self._redis.publish(keys.stream_channel(self._prefix, tenant_id), "1")
-        except Exception as exc:  # readers fall back to polling; never fail the writer
-            log.warning("stream.publish_failed", error=type(exc).__name__)
+        self._unpublished.add(tenant_id)
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish())
+
+    async def _publish(self) -> None:
+        assert self._redis is not None
+        while self._unpublished:
+            tenants = sorted(self._unpublished)
+            self._unpublished.clear()
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for tenant_id in tenants:
+                        pipe.publish(keys.stream_channel(self._prefix, tenant_id), "1")
+                    await pipe.execute()
+            except Exception as exc:  # readers fall back to polling; never fail the writer
+                log.warning("stream.publish_failed", error=type(exc).__name__)
 
     async def wait(self, tenant_id: str, max_wait: float) -> None:
         """Return when `tenant_id` may have new events, or after `max_wait` seconds."""
@@ -75,7 +94,11 @@ class Broker:
                 await asyncio.sleep(2.0)
 
     async def stop(self) -> None:
-        """Stop the Redis listener."""
+        """Send what is still unpublished, then stop the Redis listener."""
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._publisher, 5.0)
+            self._publisher = None
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

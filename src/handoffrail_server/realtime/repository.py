@@ -1,18 +1,39 @@
 """Storage of the stream event log. Never commits.
 
 Readers remember the last id they delivered (a live stream, or a client resuming with
-Last-Event-ID), so within a tenant ids must follow commit order: an event numbered early but
-committed late would otherwise be skipped. Events are therefore queued on the session and
-inserted just before commit; on PostgreSQL under a per-tenant transaction-scoped advisory lock,
-taken after every other pending write is flushed (so the lock holder waits on no row lock).
-SQLite serialises writers anyway.
+Last-Event-ID), so a reader must never be shown an id while a smaller one can still commit.
+Events are queued on the session and inserted just before commit.
+
+- SQLite serialises writers, so autoincrement ids already follow commit order.
+- PostgreSQL: an event's id is `xid8 * 4096 + n` (`pg_current_xact_id()` of the writing
+  transaction, `n` its position in that transaction), and a reader only takes ids below
+  `pg_snapshot_xmin(pg_current_snapshot()) * 4096`, evaluated in the same statement: every
+  transaction that could still commit has an xid at or above that horizon, so nothing can ever
+  appear below an id already delivered. Writers take no lock (an earlier per-tenant advisory
+  lock held across COMMIT serialised a tenant's writes). A committed event above the horizon is
+  "held back" until the older transactions end; readers retry shortly (`EventBatch.held_back`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from typing import Any
 
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Insert,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -20,8 +41,39 @@ from handoffrail_server.db.models import StreamEvent
 
 #: session.info key holding events to insert at commit
 PENDING_KEY = "handoffrail.stream_pending"
-#: first key of the PostgreSQL advisory lock ordering one tenant's stream inserts ("HRst")
-_LOCK_CLASS = 0x48527374
+#: events one transaction may write on PostgreSQL (ids are `xid8 * XID_SPAN + n`)
+XID_SPAN = 4096
+
+
+class TooManyStreamEvents(RuntimeError):
+    """More than `XID_SPAN` stream events in one transaction (jobs work in smaller batches)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Events a reader may deliver now, and whether newer committed ones are held back."""
+
+    events: list[StreamEvent]
+    held_back: bool = False
+
+
+def _xid_base() -> ColumnElement[Any]:
+    """`xid8 * XID_SPAN` of the current transaction (assigns an xid if it has none)."""
+    return func.pg_current_xact_id().cast(Text).cast(BigInteger) * XID_SPAN
+
+
+@cache
+def _pg_insert() -> Insert:
+    """INSERT with the id computed in the database: `xid8 * XID_SPAN + :position`."""
+    table = StreamEvent.__table__
+    assert isinstance(table, Table)
+    return insert(table).values(id=_xid_base() + bindparam("position", type_=BigInteger))
+
+
+def _horizon() -> ColumnElement[Any]:
+    """Ids below this can no longer appear: `xmin * XID_SPAN` of the statement's snapshot."""
+    xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
+    return xmin.cast(Text).cast(BigInteger) * XID_SPAN
 
 
 async def append(session: AsyncSession, event: StreamEvent) -> None:
@@ -33,18 +85,34 @@ async def append(session: AsyncSession, event: StreamEvent) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _write_pending(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint is released: events are written once, at the outermost commit
     pending: list[tuple[StreamEvent, SessionTransaction | None]] | None = session.info.pop(
         PENDING_KEY, None
     )
     if not pending:
         return
-    session.flush()
     events = [item for item, _owner in pending]
-    if session.get_bind().dialect.name == "postgresql":
-        for tenant_id in sorted({item.tenant_id for item in events}):
-            lock = func.pg_advisory_xact_lock(_LOCK_CLASS, func.hashtext(tenant_id))
-            session.execute(select(lock))
-    session.add_all(events)
+    if session.get_bind().dialect.name != "postgresql":
+        session.add_all(events)
+        return
+    if len(events) > XID_SPAN:
+        raise TooManyStreamEvents(f"{len(events)} stream events in one transaction")
+    rows = [
+        {
+            "position": position,
+            "tenant_id": item.tenant_id,
+            "event_type": item.event_type,
+            "packet_id": item.packet_id,
+            "status": item.status,
+            "source_agent_id": item.source_agent_id,
+            "target_agent_id": item.target_agent_id,
+            "data": item.data,
+            "created_at": item.created_at,
+        }
+        for position, item in enumerate(events)
+    ]
+    session.execute(_pg_insert(), rows[0] if len(rows) == 1 else rows)
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -68,17 +136,25 @@ def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction
         session.info.pop(PENDING_KEY, None)
 
 
-async def since(
-    session: AsyncSession, tenant_id: str, after_id: int, limit: int
-) -> list[StreamEvent]:
-    """The tenant's events with id > `after_id`, oldest first."""
-    result = await session.execute(
+async def since(session: AsyncSession, tenant_id: str, after_id: int, limit: int) -> EventBatch:
+    """The tenant's deliverable events with id > `after_id`, oldest first."""
+    query = (
         select(StreamEvent)
         .where(StreamEvent.tenant_id == tenant_id, StreamEvent.id > after_id)
         .order_by(StreamEvent.id)
         .limit(limit)
     )
-    return list(result.scalars())
+    if session.get_bind().dialect.name != "postgresql":
+        return EventBatch(list((await session.execute(query)).scalars()))
+    result = await session.execute(query.add_columns(_horizon().label("horizon")))
+    events: list[StreamEvent] = []
+    held_back = False
+    for item, horizon in result.tuples():
+        if item.id >= horizon:
+            held_back = True
+            break
+        events.append(item)
+    return EventBatch(events, held_back)
 
 
 async def last_id(session: AsyncSession, tenant_id: str) -> int:

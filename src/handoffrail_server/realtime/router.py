@@ -80,11 +80,14 @@ async def _batches(state: AppState, tenant_id: str, after_id: int) -> AsyncItera
     """Yield batches of new events forever, waiting on the broker between empty reads."""
     while True:
         async with unit_of_work(state.sessions) as session:
-            events = await service.read_since(session, tenant_id, after_id, BATCH)
+            batch = await service.read_batch(session, tenant_id, after_id, BATCH)
+        events = batch.events
         if events:
             after_id = events[-1].id
             yield events
-        if len(events) < BATCH:
+        if batch.held_back:
+            await asyncio.sleep(service.HELD_BACK_RETRY_SECONDS)
+        elif len(events) < BATCH:
             assert state.broker is not None
             await state.broker.wait(tenant_id, state.settings.stream_poll_seconds)
 

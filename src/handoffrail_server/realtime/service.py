@@ -97,11 +97,22 @@ def envelope(event: StreamEvent) -> dict[str, Any]:
     }
 
 
+#: how soon a reader looks again when committed events are held back behind older transactions
+HELD_BACK_RETRY_SECONDS = 0.02
+
+
+async def read_batch(
+    session: AsyncSession, tenant_id: str, after_id: int, limit: int = 200
+) -> repository.EventBatch:
+    """The tenant's deliverable events after `after_id` (tenant isolation is in the query)."""
+    return await repository.since(session, tenant_id, after_id, limit)
+
+
 async def read_since(
     session: AsyncSession, tenant_id: str, after_id: int, limit: int = 200
 ) -> list[StreamEvent]:
-    """The tenant's events after `after_id` (tenant isolation is in the query itself)."""
-    return await repository.since(session, tenant_id, after_id, limit)
+    """`read_batch` without the held-back flag."""
+    return (await repository.since(session, tenant_id, after_id, limit)).events
 
 
 async def newest_id(session: AsyncSession, tenant_id: str) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -37,13 +37,14 @@ async def endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoi
     return list(result.scalars())
 
 
+_ACTIVE_ENDPOINTS = select(WebhookEndpoint).where(
+    WebhookEndpoint.tenant_id == bindparam("tenant_id"), WebhookEndpoint.active.is_(True)
+)
+
+
 async def active_endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:
-    """Active endpoints of the tenant (outbox fan-out)."""
-    result = await session.execute(
-        select(WebhookEndpoint).where(
-            WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.active.is_(True)
-        )
-    )
+    """Active endpoints of the tenant (outbox fan-out; every state change asks)."""
+    result = await session.execute(_ACTIVE_ENDPOINTS, {"tenant_id": tenant_id})
     return list(result.scalars())
 
 

@@ -41,6 +41,7 @@ async def run_worker(
         pool_size=max(2, min(settings.worker_concurrency, settings.db_pool_size)),
         max_overflow=settings.db_max_overflow,
         statement_cache_size=settings.db_statement_cache_size,
+        pre_ping=settings.db_pool_pre_ping,
     )
     sessions = create_sessionmaker(engine)
     context = JobContext(sessions=sessions, settings=settings, clock=clock)
