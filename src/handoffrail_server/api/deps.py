@@ -82,7 +82,14 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 Session = Annotated[AsyncSession, Depends(_session, scope="function")]
-State = Annotated[AppState, Depends(app_state)]
+
+
+async def _state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread
+    return app_state(request)
+
+
+State = Annotated[AppState, Depends(_state)]
 
 
 def _client_ip(request: Request) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     Select,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -94,13 +95,16 @@ async def insert(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> 
     return packet
 
 
+_GET = (
+    select(Packet)
+    .where(Packet.id == bindparam("packet_id"), Packet.tenant_id == bindparam("tenant_id"))
+    .execution_options(populate_existing=True)
+)
+
+
 async def get(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> Packet | None:
     """The packet if it belongs to the tenant; always re-read from the database."""
-    result = await session.execute(
-        select(Packet)
-        .where(Packet.id == packet_id, Packet.tenant_id == tenant_id)
-        .execution_options(populate_existing=True)
-    )
+    result = await session.execute(_GET, {"packet_id": packet_id, "tenant_id": tenant_id})
     return result.scalar_one_or_none()
 
 

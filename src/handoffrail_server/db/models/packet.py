@@ -20,13 +20,6 @@ class Packet(Base):
     __table_args__ = (
         Index("ix_packet_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_packet_tenant_status_created", "tenant_id", "status", "created_at"),
-        Index(
-            "ix_packet_tenant_claimable",
-            "tenant_id",
-            "status",
-            "priority_rank",
-            "created_at",
-        ),
         Index("ix_packet_tenant_source", "tenant_id", "source_agent_id"),
         Index("ix_packet_tenant_target", "tenant_id", "target_agent_id"),
         Index("ix_packet_tenant_priority", "tenant_id", "priority"),
@@ -76,3 +69,15 @@ class PacketTag(Base):
     )
     tag: Mapped[str] = mapped_column(String(256), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+# claim-next reads (tenant, status) in ORDER BY priority_rank DESC, created_at, id: the index
+# has that exact order, so the first unlocked row is found without sorting the queue.
+Index(
+    "ix_packet_tenant_claimable",
+    Packet.tenant_id,
+    Packet.status,
+    Packet.priority_rank.desc(),
+    Packet.created_at,
+    Packet.id,
+)
