@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import driver_cost
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PG_ADMIN_DSN = os.environ.get(
@@ -66,6 +68,7 @@ class Sizes:
     webhook: int
     sqlite_create: dict[int, int]
     claim_seconds: float  # time cap of each contended-claim row (>= 10,000 claim requests)
+    driver_ops: int  # operations per driver-cost row (bench/driver_cost.py)
 
 
 FULL = Sizes(
@@ -79,6 +82,7 @@ FULL = Sizes(
     webhook=150,
     sqlite_create={10: 2500, 50: 2500},
     claim_seconds=25.0,
+    driver_ops=2000,
 )
 SMOKE = Sizes(
     create={1: 5, 10: 20, 50: 50},
@@ -91,6 +95,7 @@ SMOKE = Sizes(
     webhook=3,
     sqlite_create={10: 20, 50: 50},
     claim_seconds=3.0,
+    driver_ops=20,
 )
 
 
@@ -710,6 +715,10 @@ def phase_serve(report: Report, sizes: Sizes, workdir: Path, profile_dir: Path |
         ]
         measure_http_ceiling(report, label, framework, env, workdir, base, [10, 50], sizes)
         measure_pg_ceilings(report, dsn, sizes)
+        for operation, cpu_ms in driver_cost.run(dsn, url, sizes.driver_ops):
+            report.add(
+                Row("in-process", f"db CPU: {operation}", 1, {"server_cpu_ms": cpu_ms}, notes="")
+            )
         serve = [str(BIN / "handoffrail"), "serve", "--host", "127.0.0.1", "--port", str(port)]
         with running("serve", serve, env, workdir, base) as server:
             pids = worker_pids(server, 1)
@@ -895,7 +904,7 @@ def table(report: Report) -> str:
     lines: list[list[str]] = []
     for row in report.rows:
         result = row.result
-        memory = "rss_idle" in result
+        memory = "rss_idle" in result or "ops" not in result  # memory and in-process rows
         lines.append(
             [
                 row.server,

@@ -256,6 +256,7 @@ class Budget:
 async def scenario_post(spec: dict[str, Any]) -> dict[str, Any]:
     """POST the packet body as fast as `clients` connections allow (create or the bare app)."""
     clients, path, expect = spec["clients"], spec.get("path", "/api/v1/packets"), spec["expect"]
+    method = spec.get("method", "POST")
     budget = Budget(spec["count"], spec["seconds"])
     run = Run()
     payloads = [body_bytes(index) for index in range(64)]
@@ -267,7 +268,8 @@ async def scenario_post(spec: dict[str, Any]) -> dict[str, Any]:
             while budget.take():
                 start = time.perf_counter()
                 try:
-                    status, _ = await connection.request("POST", path, payloads[done % 64])
+                    body = payloads[done % 64] if method == "POST" else None
+                    status, _ = await connection.request(method, path, body)
                 except (HttpError, OSError):
                     run.errors += 1
                     continue

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handoffrail_server.db import fast
 from handoffrail_server.db.models import ApiKey, Tenant
 
 # Built once: the per-request key lookup skips statement construction and ORM loading.
@@ -29,10 +31,24 @@ _PRINCIPAL = (
 )
 
 
+_PRINCIPAL_SQL = (
+    "SELECT api_key.id, api_key.key_prefix, api_key.tenant_id, api_key.role, "
+    "api_key.is_operator, api_key.revoked_at, tenant.is_operator AS tenant_is_operator, "
+    "tenant.tier, tenant.handoffs_per_day, tenant.max_api_keys, tenant.deleted_at "
+    "FROM api_key JOIN tenant ON tenant.id = api_key.tenant_id WHERE api_key.key_hash = $1"
+)
+
+
 async def principal_row(session: AsyncSession, key_hash: str) -> Any:
-    """The key with this hash joined to its tenant (one round trip), revoked or not."""
-    result = await session.execute(_PRINCIPAL, {"key_hash": key_hash})
-    return result.one_or_none()
+    """The key with this hash joined to its tenant (one round trip), revoked or not.
+
+    Attribute access by column name (`row.tier`) on either backend."""
+    driver = await fast.connection(session)
+    if driver is None:
+        return (await session.execute(_PRINCIPAL, {"key_hash": key_hash})).one_or_none()
+    async with fast.translated(session):
+        record = await driver.fetchrow(_PRINCIPAL_SQL, key_hash)
+    return None if record is None else SimpleNamespace(**dict(record))
 
 
 async def by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:

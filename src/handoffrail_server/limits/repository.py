@@ -12,12 +12,20 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handoffrail_server.db import fast
 from handoffrail_server.db.models import Agent, ApiKey, Packet, Tenant, TenantUsage
 
 
 def _insert(session: AsyncSession) -> Any:
     """The dialect's INSERT construct (both offer `on_conflict_do_*` with the same signature)."""
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+_ADD_HANDOFFS_SQL = (
+    "INSERT INTO tenant_usage (tenant_id, day, handoffs) VALUES ($1, $2, $3) "
+    "ON CONFLICT (tenant_id, day) DO UPDATE SET handoffs = tenant_usage.handoffs + $3 "
+    "WHERE tenant_usage.handoffs + $3 <= $4 RETURNING tenant_usage.handoffs"
+)
 
 
 @cache
@@ -46,6 +54,11 @@ async def add_handoffs(
     """
     if count > limit:
         return None
+    driver = await fast.connection(session)
+    if driver is not None:
+        async with fast.translated(session):
+            value = await driver.fetchval(_ADD_HANDOFFS_SQL, tenant_id, day, count, limit)
+        return int(value) if value is not None else None
     statement = _add_handoffs_statement(session.get_bind().dialect.name)
     parameters = {"tenant_id": tenant_id, "day": day, "count": count, "limit": limit}
     result = await session.execute(statement, parameters)

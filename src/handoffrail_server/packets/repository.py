@@ -29,6 +29,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handoffrail_server.db import fast
 from handoffrail_server.db.models import Packet, PacketEvent, PacketTag
 from handoffrail_server.db.rows import insert_rows
 from handoffrail_server.packets import policy
@@ -83,15 +84,18 @@ def _conditions(tenant_id: str, filters: PacketFilter) -> list[ColumnElement[boo
 
 
 async def insert(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> Packet:
-    """Insert a packet with its tags (Core inserts; `packet` stays a transient value)."""
+    """Insert a packet with its tags (no ORM flush; `packet` stays a transient value)."""
+    tag_rows = [
+        PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id)
+        for tag in dict.fromkeys(tags)
+    ]
+    driver = await fast.connection(session)
+    if driver is not None:
+        await fast.insert(session, driver, [packet])
+        await fast.insert(session, driver, tag_rows)
+        return packet
     await insert_rows(session, packet)
-    await insert_rows(
-        session,
-        *(
-            PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id)
-            for tag in dict.fromkeys(tags)
-        ),
-    )
+    await insert_rows(session, *tag_rows)
     return packet
 
 
@@ -253,6 +257,10 @@ async def claim_candidates(
 
 async def add_event(session: AsyncSession, event: PacketEvent) -> None:
     """Append one event row."""
+    driver = await fast.connection(session)
+    if driver is not None:
+        await fast.insert(session, driver, [event])
+        return
     await insert_rows(session, event)
 
 

@@ -2,9 +2,9 @@
 
 Readers remember the last id they delivered (a live stream, or a client resuming with
 Last-Event-ID), so a reader must never be shown an id while a smaller one can still commit.
-Events are queued on the session and inserted just before commit.
 
-- SQLite serialises writers, so autoincrement ids already follow commit order.
+- SQLite serialises writers, so autoincrement ids already follow commit order; events are
+  queued on the session and inserted just before commit.
 - PostgreSQL: an event's id is `xid8 * 4096 + n` (`pg_current_xact_id()` of the writing
   transaction, `n` its position in that transaction), and a reader only takes ids below
   `pg_snapshot_xmin(pg_current_snapshot()) * 4096`, evaluated in the same statement: every
@@ -16,31 +16,30 @@ Events are queued on the session and inserted just before commit.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Insert,
-    Table,
     Text,
-    bindparam,
     delete,
     event,
     func,
-    insert,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
+from handoffrail_server.db import fast
 from handoffrail_server.db.models import StreamEvent
 
 #: session.info key holding events to insert at commit
 PENDING_KEY = "handoffrail.stream_pending"
+#: session.info key: (outermost transaction, stream positions used in it) on PostgreSQL
+POSITION_KEY = "handoffrail.stream_position"
 #: events one transaction may write on PostgreSQL (ids are `xid8 * XID_SPAN + n`)
 XID_SPAN = 4096
 
@@ -62,22 +61,56 @@ def _xid_base() -> ColumnElement[Any]:
     return func.pg_current_xact_id().cast(Text).cast(BigInteger) * XID_SPAN
 
 
-@cache
-def _pg_insert() -> Insert:
-    """INSERT with the id computed in the database: `xid8 * XID_SPAN + :position`."""
-    table = StreamEvent.__table__
-    assert isinstance(table, Table)
-    return insert(table).values(id=_xid_base() + bindparam("position", type_=BigInteger))
-
-
 def _horizon() -> ColumnElement[Any]:
     """Ids below this can no longer appear: `xmin * XID_SPAN` of the statement's snapshot."""
     xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
     return xmin.cast(Text).cast(BigInteger) * XID_SPAN
 
 
+_PG_INSERT_SQL = (
+    "INSERT INTO stream_event (id, tenant_id, event_type, packet_id, status, source_agent_id,"
+    " target_agent_id, data, created_at) VALUES"
+    " (pg_current_xact_id()::text::bigint * 4096 + $1, $2, $3, $4, $5, $6, $7, $8, $9)"
+)
+
+
+assert f"* {XID_SPAN} +" in _PG_INSERT_SQL
+
+
+def _next_position(session: AsyncSession) -> int:
+    """0, 1, 2... within the session's current (outermost) transaction."""
+    root = session.sync_session.get_transaction()
+    owner, used = session.info.get(POSITION_KEY, (None, 0))
+    position = used if owner is root else 0
+    if position >= XID_SPAN:
+        raise TooManyStreamEvents(f"more than {XID_SPAN} stream events in one transaction")
+    session.info[POSITION_KEY] = (root, position + 1)
+    return position
+
+
 async def append(session: AsyncSession, event: StreamEvent) -> None:
-    """Queue one event in the caller's transaction; it is numbered and written at commit."""
+    """Write one event in the caller's transaction.
+
+    PostgreSQL: inserted at once, numbered from the transaction's xid (a savepoint rollback
+    removes it with everything else). SQLite: queued and inserted at commit.
+    """
+    driver = await fast.connection(session)
+    if driver is not None:
+        position = _next_position(session)
+        async with fast.translated(session):
+            await driver.execute(
+                _PG_INSERT_SQL,
+                position,
+                event.tenant_id,
+                event.event_type,
+                event.packet_id,
+                event.status,
+                event.source_agent_id,
+                event.target_agent_id,
+                json.dumps(event.data),
+                event.created_at,
+            )
+        return
     sync = session.sync_session
     owner = sync.get_nested_transaction() or sync.get_transaction()
     session.info.setdefault(PENDING_KEY, []).append((event, owner))
@@ -92,27 +125,7 @@ def _write_pending(session: Session) -> None:
     )
     if not pending:
         return
-    events = [item for item, _owner in pending]
-    if session.get_bind().dialect.name != "postgresql":
-        session.add_all(events)
-        return
-    if len(events) > XID_SPAN:
-        raise TooManyStreamEvents(f"{len(events)} stream events in one transaction")
-    rows = [
-        {
-            "position": position,
-            "tenant_id": item.tenant_id,
-            "event_type": item.event_type,
-            "packet_id": item.packet_id,
-            "status": item.status,
-            "source_agent_id": item.source_agent_id,
-            "target_agent_id": item.target_agent_id,
-            "data": item.data,
-            "created_at": item.created_at,
-        }
-        for position, item in enumerate(events)
-    ]
-    session.execute(_pg_insert(), rows[0] if len(rows) == 1 else rows)
+    session.add_all([item for item, _owner in pending])
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handoffrail_server.db import fast
 from handoffrail_server.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 RETRYABLE = ("pending", "failed")
@@ -40,6 +42,24 @@ async def endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoi
 _ACTIVE_ENDPOINTS = select(WebhookEndpoint).where(
     WebhookEndpoint.tenant_id == bindparam("tenant_id"), WebhookEndpoint.active.is_(True)
 )
+
+
+_SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = $1 AND active"
+
+
+async def may_have_subscriber(session: AsyncSession, tenant_id: str, event_type: str) -> bool:
+    """False only when no active endpoint of the tenant wants `event_type` (cheap check first:
+    most tenants have no endpoint, and every state change asks)."""
+    driver = await fast.connection(session)
+    if driver is None:
+        return True
+    async with fast.translated(session):
+        rows = await driver.fetch(_SUBSCRIBED_EVENTS_SQL, tenant_id)
+    for row in rows:
+        events = row["events"]
+        if event_type in (json.loads(events) if isinstance(events, str) else events):
+            return True
+    return False
 
 
 async def active_endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:

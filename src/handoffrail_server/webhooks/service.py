@@ -291,6 +291,8 @@ async def enqueue_packet_event(
     event_type = EVENT_NAMES.get(history_event)
     if event_type is None:
         return 0
+    if not await repository.may_have_subscriber(session, tenant_id, event_type):
+        return 0
     targets = [
         row
         for row in await repository.active_endpoints(session, tenant_id)

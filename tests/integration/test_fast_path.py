@@ -1,0 +1,186 @@
+"""The raw asyncpg hot path (db/fast.py) runs inside the session's transaction and fails like
+SQLAlchemy would: these guard the private SQLAlchemy adapter API it relies on."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from handoffrail_server.clock import SystemClock
+from handoffrail_server.db import fast, migrations
+from handoffrail_server.db.engine import create_engine, create_sessionmaker
+from handoffrail_server.db.models import PacketTag, StreamEvent, Tenant, TenantUsage
+from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.limits import repository as usage
+from handoffrail_server.realtime import service as streams
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def migrated_pg(postgres_url: str) -> str:
+    migrations.upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture
+async def sessions(migrated_pg: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    postgres_url = migrated_pg
+    engine = create_engine(postgres_url, pool_size=2, max_overflow=0)
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _tenant(sessions: async_sessionmaker[AsyncSession]) -> str:
+    tenant_id = f"t-{uuid.uuid4().hex[:8]}"
+    async with unit_of_work(sessions) as session:
+        now = datetime.now(UTC)
+        session.add(Tenant(id=tenant_id, name=tenant_id, created_at=now, updated_at=now))
+    return tenant_id
+
+
+async def _handoffs(sessions: async_sessionmaker[AsyncSession], tenant_id: str) -> int:
+    async with unit_of_work(sessions) as session:
+        query = select(func.coalesce(func.sum(TenantUsage.handoffs), 0)).where(
+            TenantUsage.tenant_id == tenant_id
+        )
+        return int((await session.execute(query)).scalar_one())
+
+
+async def test_a_raw_first_statement_is_inside_the_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+
+    async def take_then_fail() -> None:
+        async with unit_of_work(sessions) as session:
+            # the very first statement of the unit goes through the raw path
+            assert await usage.add_handoffs(session, tenant_id, "2026-11-23", 3, 10) == 3
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        await take_then_fail()
+    assert await _handoffs(sessions, tenant_id) == 0
+    async with unit_of_work(sessions) as session:
+        assert await usage.add_handoffs(session, tenant_id, "2026-11-23", 3, 10) == 3
+        assert await usage.add_handoffs(session, tenant_id, "2026-11-23", 8, 10) is None
+    assert await _handoffs(sessions, tenant_id) == 3
+
+
+async def test_raw_and_sqlalchemy_statements_share_one_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with unit_of_work(sessions) as session:
+        await session.execute(text("SELECT 1"))  # SQLAlchemy began the transaction
+        driver = await fast.connection(session)
+        assert driver is not None
+        sa_pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert await driver.fetchval("SELECT pg_backend_pid()") == sa_pid
+        assert (
+            await driver.fetchval("SELECT pg_current_xact_id()::text")
+            == (await session.execute(text("SELECT pg_current_xact_id()::text"))).scalar_one()
+        )
+        assert await fast.connection(session) is driver  # cached for the transaction
+
+
+async def test_driver_errors_become_sqlalchemy_errors(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    orphan = PacketTag(packet_id=uuid.uuid4(), tag="x", tenant_id=tenant_id)
+
+    async def insert_orphan() -> None:
+        async with unit_of_work(sessions) as session:
+            driver = await fast.connection(session)
+            assert driver is not None
+            await fast.insert(session, driver, [orphan])  # no such packet: FK refuses
+
+    with pytest.raises(sa_exc.IntegrityError):
+        await insert_orphan()
+
+
+async def test_a_lost_connection_is_a_503_kind_error_and_the_pool_recovers(
+    sessions: async_sessionmaker[AsyncSession], postgres_url: str
+) -> None:
+    tenant_id = await _tenant(sessions)
+    admin_dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    async def lose_the_connection_mid_unit() -> None:
+        async with unit_of_work(sessions) as session:
+            driver = await fast.connection(session)
+            assert driver is not None
+            pid = await driver.fetchval("SELECT pg_backend_pid()")
+            admin = await asyncpg.connect(admin_dsn)
+            try:
+                await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await admin.close()
+            await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)
+
+    with pytest.raises(sa_exc.OperationalError) as caught:
+        await lose_the_connection_mid_unit()
+    assert caught.value.connection_invalidated
+    for _ in range(2):  # the pool hands out working connections again
+        async with unit_of_work(sessions) as session:
+            assert await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10) is not None
+
+
+async def test_stream_positions_restart_per_transaction_and_savepoints_roll_back(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+
+    async def append(session: AsyncSession, status: str) -> None:
+        await streams.append(
+            session,
+            SystemClock(),
+            tenant_id=tenant_id,
+            history_event=status,
+            packet_id=uuid.uuid4(),
+            status=status,
+            metadata={"source_agent": {"id": "a"}},
+            details=None,
+            hitl=None,
+        )
+
+    for _ in range(2):  # one session, two transactions: positions start at 0 again
+        session = sessions()
+        try:
+            async with session.begin():
+                await append(session, "one")
+                await append(session, "two")
+        finally:
+            await session.close()
+    async with unit_of_work(sessions) as session:
+        await append(session, "kept")
+
+        async def failing_item() -> None:
+            async with session.begin_nested():
+                await append(session, "rolled back")
+                raise RuntimeError("item failed")
+
+        with pytest.raises(RuntimeError):
+            await failing_item()
+        await append(session, "kept too")
+    async with unit_of_work(sessions) as session:
+        rows = list(
+            (
+                await session.execute(
+                    select(StreamEvent)
+                    .where(StreamEvent.tenant_id == tenant_id)
+                    .order_by(StreamEvent.id)
+                )
+            ).scalars()
+        )
+    assert [row.status for row in rows] == ["one", "two", "one", "two", "kept", "kept too"]
+    assert [row.id % 4096 for row in rows] == [0, 1, 0, 1, 0, 2]
+    assert [row.source_agent_id for row in rows] == ["a"] * 6
