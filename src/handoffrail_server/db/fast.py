@@ -18,13 +18,14 @@ the session's transaction already holds, so they commit or roll back with everyt
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import cache
 from typing import Any
 
 import asyncpg
-from sqlalchemy import JSON, Table
+from sqlalchemy import JSON, Table, Uuid, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -157,3 +158,46 @@ async def insert(
             await driver.execute(statement, *_arguments(model, rows[0], keys))
         else:
             await driver.executemany(statement, [_arguments(model, row, keys) for row in rows])
+
+
+@cache
+def _read_columns(model: type[Base]) -> tuple[tuple[str, str, str], ...]:
+    """(attribute, column, kind) of every mapped column; kind: json, uuid or plain."""
+    mapper: Any = inspect(model)
+    columns = []
+    for attribute in mapper.column_attrs:
+        column = attribute.columns[0]
+        kind = "plain"
+        if isinstance(column.type, JSON):
+            kind = "json"
+        elif isinstance(column.type, Uuid):
+            kind = "uuid"
+        columns.append((attribute.key, column.key, kind))
+    return tuple(columns)
+
+
+def select_list(model: type[Base]) -> str:
+    """The column list (mapped columns only) for raw SELECT / RETURNING of `model`."""
+    return ", ".join(column for _attribute, column, _kind in _read_columns(model))
+
+
+def to_model(model: type[Base], record: Any) -> Any:
+    """A transient `model` instance from a raw row selected with `select_list(model)`."""
+    values: dict[str, Any] = {}
+    for attribute, column, kind in _read_columns(model):
+        value = record[column]
+        if value is not None:
+            if kind == "json" and isinstance(value, str):
+                value = json.loads(value)
+            elif kind == "uuid" and not isinstance(value, uuid.UUID):
+                value = uuid.UUID(str(value))
+        values[attribute] = value
+    return model(**values)
+
+
+def column_of(model: type[Base], attribute: str) -> tuple[str, bool]:
+    """(column name, is JSON) of a mapped attribute."""
+    for key, column, kind in _read_columns(model):
+        if key == attribute:
+            return column, kind == "json"
+    raise KeyError(attribute)

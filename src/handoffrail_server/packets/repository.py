@@ -5,6 +5,7 @@ Flushes, never commits: the request or job owns the transaction.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,7 +108,16 @@ _GET = (
 
 
 async def get(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> Packet | None:
-    """The packet if it belongs to the tenant; always re-read from the database."""
+    """The packet if it belongs to the tenant; always re-read from the database.
+
+    On PostgreSQL a transient value (not in the identity map): packets change only through
+    `compare_and_set`, never by assigning attributes."""
+    driver = await fast.connection(session)
+    if driver is not None:
+        sql = f"SELECT {fast.select_list(Packet)} FROM packet WHERE id = $1 AND tenant_id = $2"  # noqa: S608 - column names from the model
+        async with fast.translated(session):
+            record = await driver.fetchrow(sql, packet_id, tenant_id)
+        return None if record is None else fast.to_model(Packet, record)
     result = await session.execute(_GET, {"packet_id": packet_id, "tenant_id": tenant_id})
     return result.scalar_one_or_none()
 
@@ -123,6 +133,9 @@ async def compare_and_set(
 
     Returns the updated row, or None when another writer got there first (the caller re-reads).
     """
+    driver = await fast.connection(session)
+    if driver is not None:
+        return await _compare_and_set_pg(session, driver, packet, values, allowed_statuses)
     conditions = [Packet.id == packet.id, Packet.row_version == packet.row_version]
     if allowed_statuses is not None:
         conditions.append(Packet.status.in_(list(allowed_statuses)))
@@ -135,6 +148,33 @@ async def compare_and_set(
     )
     result = await session.execute(statement)
     return result.scalar_one_or_none()
+
+
+async def _compare_and_set_pg(
+    session: AsyncSession,
+    driver: Any,
+    packet: Packet,
+    values: dict[str, Any],
+    allowed_statuses: Sequence[str] | None,
+) -> Packet | None:
+    assignments: list[str] = []
+    arguments: list[Any] = []
+    for attribute, value in values.items():
+        column, is_json = fast.column_of(Packet, attribute)
+        arguments.append(json.dumps(value) if is_json and value is not None else value)
+        assignments.append(f"{column} = ${len(arguments)}")
+    arguments += [packet.id, packet.row_version]
+    where = f"id = ${len(arguments) - 1} AND row_version = ${len(arguments)}"
+    if allowed_statuses is not None:
+        arguments.append(list(allowed_statuses))
+        where += f" AND status = ANY(${len(arguments)}::varchar[])"
+    sql = (
+        f"UPDATE packet SET {', '.join(assignments)}, row_version = row_version + 1 "  # noqa: S608 - column names from the model
+        f"WHERE {where} RETURNING {fast.select_list(Packet)}"
+    )
+    async with fast.translated(session):
+        record = await driver.fetchrow(sql, *arguments)
+    return None if record is None else fast.to_model(Packet, record)
 
 
 async def replace_tags(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> None:
