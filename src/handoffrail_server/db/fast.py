@@ -37,7 +37,9 @@ _KEY = "handoffrail.pg_connection"
 
 _LOST_CONNECTION = (
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, terminated backend
     OSError,
     TimeoutError,
 )
@@ -73,8 +75,8 @@ async def connection(session: AsyncSession) -> asyncpg.Connection | None:
     return driver
 
 
-def _translate(error: BaseException) -> sa_exc.DBAPIError:
-    if isinstance(error, _LOST_CONNECTION):
+def _translate(error: BaseException, *, lost: bool) -> sa_exc.DBAPIError:
+    if lost:
         return sa_exc.OperationalError(None, None, error, connection_invalidated=True)
     if isinstance(error, asyncpg.IntegrityConstraintViolationError):
         return sa_exc.IntegrityError(None, None, error)
@@ -89,9 +91,15 @@ async def translated(session: AsyncSession) -> AsyncIterator[None]:
     try:
         yield
     except (asyncpg.PostgresError, *_LOST_CONNECTION) as error:
-        if isinstance(error, _LOST_CONNECTION):
+        lost = isinstance(error, _LOST_CONNECTION) or _driver_closed(session)
+        if lost:
             await _discard_connection(session)
-        raise _translate(error) from error
+        raise _translate(error, lost=lost) from error
+
+
+def _driver_closed(session: AsyncSession) -> bool:
+    cached = session.info.get(_KEY)
+    return cached is not None and bool(cached[1].is_closed())
 
 
 async def _discard_connection(session: AsyncSession) -> None:
