@@ -82,7 +82,7 @@ FULL = Sizes(
     webhook=150,
     sqlite_create={10: 2500, 50: 2500},
     claim_seconds=25.0,
-    driver_ops=2000,
+    driver_ops=1000,
 )
 SMOKE = Sizes(
     create={1: 5, 10: 20, 50: 50},
@@ -770,6 +770,9 @@ def phase_gunicorn(report: Report, sizes: Sizes, workdir: Path) -> None:
         key = generate_key()
         env = server_env(url, key, port, workdir)
         env["WEB_CONCURRENCY"] = "2"
+        # no worker recycling while measuring (deploy/gunicorn.conf.py recycles every ~10,000
+        # requests): per-worker CPU and RSS are read from the worker pids found at start
+        env["GUNICORN_MAX_REQUESTS"] = "0"
         metrics_dir = workdir / f"prometheus-{port}"
         metrics_dir.mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -114,7 +114,8 @@ async def get(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> Pa
     `compare_and_set`, never by assigning attributes."""
     driver = await fast.connection(session)
     if driver is not None:
-        sql = f"SELECT {fast.select_list(Packet)} FROM packet WHERE id = $1 AND tenant_id = $2"  # noqa: S608 - column names from the model
+        # column names from the model, values are bind parameters
+        sql = f"SELECT {fast.select_list(Packet)} FROM packet WHERE id = $1 AND tenant_id = $2"  # noqa: S608  # nosec B608
         async with fast.translated(session):
             record = await driver.fetchrow(sql, packet_id, tenant_id)
         return None if record is None else fast.to_model(Packet, record)
@@ -168,8 +169,9 @@ async def _compare_and_set_pg(
     if allowed_statuses is not None:
         arguments.append(list(allowed_statuses))
         where += f" AND status = ANY(${len(arguments)}::varchar[])"
+    # column names from the model, values are bind parameters
     sql = (
-        f"UPDATE packet SET {', '.join(assignments)}, row_version = row_version + 1 "  # noqa: S608 - column names from the model
+        f"UPDATE packet SET {', '.join(assignments)}, row_version = row_version + 1 "  # noqa: S608  # nosec B608
         f"WHERE {where} RETURNING {fast.select_list(Packet)}"
     )
     async with fast.translated(session):
