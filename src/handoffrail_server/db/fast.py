@@ -139,8 +139,9 @@ def _insert_sql(model: type[Base], keys: tuple[str, ...]) -> str:
     table = model.__table__
     assert isinstance(table, Table)
     placeholders = ", ".join(f"${index}" for index in range(1, len(keys) + 1))
-    # identifiers come from the model's table, values are bind parameters
-    return f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({placeholders})"  # noqa: S608  # nosec B608
+    columns = ", ".join(keys)
+    sql = f"INSERT INTO {table.name} ({columns}) VALUES ({placeholders})"  # noqa: S608  # nosec B608 - model identifiers, bound values
+    return sql
 
 
 def _arguments(model: type[Base], row: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:

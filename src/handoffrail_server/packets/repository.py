@@ -114,8 +114,8 @@ async def get(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> Pa
     `compare_and_set`, never by assigning attributes."""
     driver = await fast.connection(session)
     if driver is not None:
-        # column names from the model, values are bind parameters
-        sql = f"SELECT {fast.select_list(Packet)} FROM packet WHERE id = $1 AND tenant_id = $2"  # noqa: S608  # nosec B608
+        columns = fast.select_list(Packet)
+        sql = f"SELECT {columns} FROM packet WHERE id = $1 AND tenant_id = $2"  # noqa: S608  # nosec B608 - model identifiers, bound values
         async with fast.translated(session):
             record = await driver.fetchrow(sql, packet_id, tenant_id)
         return None if record is None else fast.to_model(Packet, record)
@@ -169,11 +169,9 @@ async def _compare_and_set_pg(
     if allowed_statuses is not None:
         arguments.append(list(allowed_statuses))
         where += f" AND status = ANY(${len(arguments)}::varchar[])"
-    # column names from the model, values are bind parameters
-    sql = (
-        f"UPDATE packet SET {', '.join(assignments)}, row_version = row_version + 1 "  # noqa: S608  # nosec B608
-        f"WHERE {where} RETURNING {fast.select_list(Packet)}"
-    )
+    columns = fast.select_list(Packet)
+    changes = ", ".join(assignments)
+    sql = f"UPDATE packet SET {changes}, row_version = row_version + 1 WHERE {where} RETURNING {columns}"  # noqa: S608, E501  # nosec B608 - model identifiers, bound values
     async with fast.translated(session):
         record = await driver.fetchrow(sql, *arguments)
     return None if record is None else fast.to_model(Packet, record)
