@@ -56,15 +56,10 @@ class EventBatch:
     held_back: bool = False
 
 
-def _xid_base() -> ColumnElement[Any]:
-    """`xid8 * XID_SPAN` of the current transaction (assigns an xid if it has none)."""
-    return func.pg_current_xact_id().cast(Text).cast(BigInteger) * XID_SPAN
-
-
-def _horizon() -> ColumnElement[Any]:
-    """Ids below this can no longer appear: `xmin * XID_SPAN` of the statement's snapshot."""
-    xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
-    return xmin.cast(Text).cast(BigInteger) * XID_SPAN
+#: ids below this can no longer appear: `xmin * XID_SPAN` of the statement's own snapshot
+_HORIZON: ColumnElement[Any] = (
+    func.pg_snapshot_xmin(func.pg_current_snapshot()).cast(Text).cast(BigInteger) * XID_SPAN
+).label("horizon")
 
 
 _PG_INSERT_SQL = (
@@ -159,7 +154,7 @@ async def since(session: AsyncSession, tenant_id: str, after_id: int, limit: int
     )
     if session.get_bind().dialect.name != "postgresql":
         return EventBatch(list((await session.execute(query)).scalars()))
-    result = await session.execute(query.add_columns(_horizon().label("horizon")))
+    result = await session.execute(query.add_columns(_HORIZON))
     events: list[StreamEvent] = []
     held_back = False
     for item, horizon in result.tuples():
