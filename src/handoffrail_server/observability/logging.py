@@ -78,7 +78,8 @@ def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write() per line: lines from Gunicorn workers sharing a pipe never interleave
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Add our stderr handler once, without removing handlers others installed (pytest's capture).

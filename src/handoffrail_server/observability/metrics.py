@@ -168,16 +168,13 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status_code = 500
+        recorded = False
 
-        async def recording_send(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
             elapsed = time.perf_counter() - started
             endpoint = route_template(scope)
             method = str(scope.get("method", "GET"))
@@ -193,3 +190,18 @@ class MetricsMiddleware:
                 tenant_id=getattr(principal, "tenant_id", None),
                 api_key_id=getattr(principal, "key_id", None),
             )
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # count before the last byte leaves: a client that has its answer and then
+                # scrapes /metrics always finds its own request there
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            record()

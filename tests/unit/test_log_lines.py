@@ -1,0 +1,44 @@
+"""Each log line leaves in one write(): workers sharing a pipe never interleave their lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from handoffrail_server.observability.logging import configure_logging
+
+
+class Recorder:
+    """A stand-in stderr that keeps every write() call separately."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def test_every_json_log_line_is_written_whole_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recorder = Recorder()
+    monkeypatch.setattr("sys.stderr", recorder)
+    configure_logging("info", json_logs=True)
+    try:
+        log = structlog.get_logger("tests.lines")
+        for n in range(3):
+            log.info("test.line", n=n, padding="x" * 500)
+    finally:
+        configure_logging("warning", json_logs=False)
+    lines = [write for write in recorder.writes if "test.line" in write]
+    assert len(lines) == 3
+    for n, write in enumerate(lines):
+        assert write.endswith("\n")
+        assert write.count("\n") == 1
+        assert json.loads(write)["n"] == n
