@@ -223,6 +223,10 @@ WRONG_TYPES = {
     "empty-agent-id": _with(("metadata", "source_agent", "id"), ""),
     "schema-id-object": _with(("schema_id",), {"a": 1}),
     "too-many-tags": _with(("metadata", "tags"), [f"t{i}" for i in range(65)]),
+    # longer than the 256-character columns: refused, not a database error
+    "tag-too-long": _with(("metadata", "tags"), ["ok", "x" * 257]),
+    "source-id-too-long": _with(("metadata", "source_agent", "id"), "s" * 257),
+    "target-id-too-long": _with(("metadata", "target_agent", "id"), "t" * 257),
 }
 
 
@@ -389,3 +393,14 @@ async def test_large_unicode_and_odd_strings_round_trip_exactly(api: Api) -> Non
         f"{P}/packets", params={"tags": "\u00e9t\u00e9"}, headers=api.headers()
     )
     assert [packet["id"] for packet in tagged.json()["packets"]] == [created["id"]]
+
+
+async def test_tags_and_agent_ids_of_the_column_width_are_stored_whole(api: Api) -> None:
+    body = _with(("metadata", "tags"), ["w" * 256, "short"])
+    body["metadata"]["source_agent"]["id"] = "s" * 256
+    body["metadata"]["target_agent"]["id"] = "t" * 256
+    created = await api.client.post(f"{P}/packets", json=body, headers=api.headers())
+    assert created.status_code == 201, created.text
+    found = await api.client.get(f"{P}/packets", params={"tags": "w" * 256}, headers=api.headers())
+    assert [packet["id"] for packet in found.json()["packets"]] == [created.json()["id"]]
+    assert found.json()["packets"][0]["metadata"]["source_agent"]["id"] == "s" * 256

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,10 +53,15 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+#: agent ids and tags are stored in 256-character columns: longer ones are refused up front
+AgentId = Annotated[str, Field(min_length=1, max_length=256)]
+Tag = Annotated[str, Field(max_length=256)]
+
+
 class AgentInfo(_Part):
     """The agent handing off."""
 
-    id: str = Field(min_length=1)
+    id: AgentId
     name: str
     framework: str | None = None
     version: str | None = None
@@ -65,7 +70,7 @@ class AgentInfo(_Part):
 class TargetAgentInfo(_Part):
     """The agent receiving (replaced by the claimant on claim)."""
 
-    id: str = Field(min_length=1)
+    id: AgentId
     name: str
     framework: str | None = None
 
@@ -79,7 +84,7 @@ class Metadata(_Part):
     claimed_at: datetime | None = None
     completed_at: datetime | None = None
     priority: Priority = Priority.NORMAL
-    tags: list[str] = Field(default_factory=list, max_length=64)
+    tags: list[Tag] = Field(default_factory=list, max_length=64)
 
 
 class ContextEntry(_Part):
@@ -238,7 +243,7 @@ class ClaimNext(PacketClaim):
     """POST /packets/claim-next body: who claims, and which packets qualify."""
 
     target_agent: str | None = Field(default=None, max_length=256)
-    tags: list[str] = Field(default_factory=list, max_length=16)
+    tags: list[Tag] = Field(default_factory=list, max_length=16)
     priority: Priority | None = None
     min_priority: Priority | None = None
 
