@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,6 +32,7 @@ from handoffrail_server.observability.middleware import (
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
 )
+from handoffrail_server.observability.runtime import freeze_startup_objects, native_telemetry
 from handoffrail_server.observability.sentry import init_sentry
 from handoffrail_server.packets.deadlines import expire_due
 from handoffrail_server.realtime.broker import Broker
@@ -127,6 +129,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         if settings.expiry_interval_seconds > 0:
             expiry = asyncio.create_task(_expiry_loop(state, settings.expiry_interval_seconds))
         log.info("server.started", environment=settings.environment.value)
+        freeze_startup_objects()
         try:
             yield
         finally:
@@ -138,6 +141,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
     show_docs = settings.docs_enabled
     app = FastAPI(
+        telemetry=native_telemetry(os.environ),
         title="HandoffRail",
         version=__version__,
         summary="Session-continuity middleware for multi-agent AI workflows",

@@ -1,0 +1,46 @@
+"""Runtime tuning: FastAPI's native telemetry decided once; start-up objects frozen once."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from handoffrail_server.observability import runtime
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, {"tracing": False, "metrics": False, "logs": False}),
+        (
+            {"OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"},
+            {"tracing": True, "metrics": False, "logs": False},
+        ),
+        (
+            {"OTEL_PYTHON_METER_PROVIDER": "x", "OTEL_PYTHON_LOGGER_PROVIDER": "y"},
+            {"tracing": False, "metrics": True, "logs": True},
+        ),
+        ({"FASTAPI_OTEL_AUTO_CONFIGURE": "true"}, {}),  # FastAPI's own defaults
+        (
+            {"FASTAPI_OTEL_AUTO_CONFIGURE": "false"},
+            {"tracing": False, "metrics": False, "logs": False},
+        ),
+    ],
+)
+def test_native_telemetry_stays_on_only_where_a_provider_can_exist(
+    environ: dict[str, str], expected: dict[str, bool]
+) -> None:
+    assert dict(runtime.native_telemetry(environ)) == expected
+
+
+def test_startup_objects_are_frozen_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "_frozen", False)
+    try:
+        assert runtime.freeze_startup_objects() is True
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        assert runtime.freeze_startup_objects() is False
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
