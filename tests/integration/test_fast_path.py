@@ -140,8 +140,7 @@ async def test_stream_positions_restart_per_transaction_and_savepoints_roll_back
     tenant_id = await _tenant(sessions)
 
     async def append(session: AsyncSession, status: str) -> None:
-        await streams.append(
-            session,
+        event = streams.build_event(
             SystemClock(),
             tenant_id=tenant_id,
             history_event=status,
@@ -151,6 +150,7 @@ async def test_stream_positions_restart_per_transaction_and_savepoints_roll_back
             details=None,
             hitl=None,
         )
+        await streams.append(session, event)
 
     for _ in range(2):  # one session, two transactions: positions start at 0 again
         session = sessions()

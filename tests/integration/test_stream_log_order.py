@@ -7,6 +7,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from handoffrail_server.clock import SystemClock
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import Tenant
@@ -14,9 +16,8 @@ from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.realtime import service
 
 
-async def _append(session: object, tenant_id: str, status: str) -> None:
-    await service.append(
-        session,  # type: ignore[arg-type]
+async def _append(session: AsyncSession, tenant_id: str, status: str) -> None:
+    event = service.build_event(
         SystemClock(),
         tenant_id=tenant_id,
         history_event=status,
@@ -26,6 +27,7 @@ async def _append(session: object, tenant_id: str, status: str) -> None:
         details=None,
         hitl=None,
     )
+    await service.append(session, event)
 
 
 async def test_a_slow_transaction_is_not_skipped_by_a_reader(migrated_url: str) -> None:

@@ -18,10 +18,12 @@ the session's transaction already holds, so they commit or roll back with everyt
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, lru_cache
 from typing import Any
 
 import asyncpg
@@ -135,18 +137,50 @@ def _defaults(model: type[Base]) -> dict[str, Any]:
 
 
 @cache
-def _insert_sql(model: type[Base], keys: tuple[str, ...]) -> str:
+def _insert_sql(model: type[Base], keys: tuple[str, ...], count: int = 1) -> str:
+    """`INSERT INTO table (keys) VALUES ($1, ...), ...` for `count` rows."""
     table = model.__table__
     assert isinstance(table, Table)
-    placeholders = ", ".join(f"${index}" for index in range(1, len(keys) + 1))
+    width = len(keys)
+    tuples = ", ".join(
+        "(" + ", ".join(f"${row * width + index}" for index in range(1, width + 1)) + ")"
+        for row in range(count)
+    )
     columns = ", ".join(keys)
-    sql = f"INSERT INTO {table.name} ({columns}) VALUES ({placeholders})"  # noqa: S608  # nosec B608 - model identifiers, bound values
+    sql = f"INSERT INTO {table.name} ({columns}) VALUES {tuples}"  # noqa: S608  # nosec B608 - model identifiers, bound values
     return sql
 
 
 def _arguments(model: type[Base], row: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
     json_columns = _json_columns(model)
     return [json.dumps(row[key]) if key in json_columns else row[key] for key in keys]
+
+
+def _rows(objects: Sequence[Base]) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """(sorted keys, rows) of transient objects of one model, defaults filled in."""
+    defaults = _defaults(type(objects[0]))
+    rows = [{**defaults, **column_values(obj)} for obj in objects]
+    keys = tuple(sorted(rows[0]))
+    if any(tuple(sorted(row)) != keys for row in rows):
+        keys = tuple(sorted({key for row in rows for key in row}))
+        rows = [{key: row.get(key) for key in keys} for row in rows]
+    return keys, rows
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement with its own `$1..$n` placeholders and their arguments."""
+
+    sql: str
+    args: tuple[Any, ...] = ()
+
+
+def insert_statement(objects: Sequence[Base]) -> Statement:
+    """One multi-row INSERT of transient objects of one model (unset columns: their default)."""
+    model = type(objects[0])
+    keys, rows = _rows(objects)
+    args = [value for row in rows for value in _arguments(model, row, keys)]
+    return Statement(_insert_sql(model, keys, len(rows)), tuple(args))
 
 
 async def insert(
@@ -156,18 +190,47 @@ async def insert(
     if not objects:
         return
     model = type(objects[0])
-    defaults = _defaults(model)
-    rows = [{**defaults, **column_values(obj)} for obj in objects]
-    keys = tuple(sorted(rows[0]))
-    if any(tuple(sorted(row)) != keys for row in rows):
-        keys = tuple(sorted({key for row in rows for key in row}))
-        rows = [{key: row.get(key) for key in keys} for row in rows]
+    keys, rows = _rows(objects)
     statement = _insert_sql(model, keys)
     async with translated(session):
         if len(rows) == 1:
             await driver.execute(statement, *_arguments(model, rows[0], keys))
         else:
             await driver.executemany(statement, [_arguments(model, row, keys) for row in rows])
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+@lru_cache(maxsize=512)
+def _shifted(sql: str, offset: int) -> str:
+    if not offset:
+        return sql
+    return _PLACEHOLDER.sub(lambda match: f"${int(match.group(1)) + offset}", sql)
+
+
+def together(writes: Sequence[Statement], then: Statement) -> Statement:
+    """`WITH w0 AS (write), w1 AS (...) <then>`: several writes and a query as one statement.
+
+    Data-modifying CTEs all run, on one snapshot, even when `then` does not read them; foreign
+    keys are checked at the end of the whole statement, so a child row may name a parent row
+    inserted beside it. Placeholders are renumbered in order."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for index, write in enumerate(writes):
+        parts.append(f"w{index} AS ({_shifted(write.sql, len(args))})")
+        args.extend(write.args)
+    sql = _shifted(then.sql, len(args))
+    args.extend(then.args)
+    if parts:
+        sql = f"WITH {', '.join(parts)} {sql}"
+    return Statement(sql, tuple(args))
+
+
+async def fetch(session: AsyncSession, driver: asyncpg.Connection, statement: Statement) -> Any:
+    """Run `statement` and return its rows (asyncpg records), errors translated."""
+    async with translated(session):
+        return await driver.fetch(statement.sql, *statement.args)
 
 
 @cache

@@ -31,9 +31,11 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.db import fast
-from handoffrail_server.db.models import Packet, PacketEvent, PacketTag
+from handoffrail_server.db.models import Packet, PacketEvent, PacketTag, StreamEvent
 from handoffrail_server.db.rows import insert_rows
 from handoffrail_server.packets import policy
+from handoffrail_server.realtime import repository as stream_log
+from handoffrail_server.webhooks import repository as webhook_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +86,16 @@ def _conditions(tenant_id: str, filters: PacketFilter) -> list[ColumnElement[boo
     return conditions
 
 
-async def insert(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> Packet:
-    """Insert a packet with its tags (no ORM flush; `packet` stays a transient value)."""
-    tag_rows = [
+def _tag_rows(packet: Packet, tags: Sequence[str]) -> list[PacketTag]:
+    return [
         PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id)
         for tag in dict.fromkeys(tags)
     ]
+
+
+async def insert(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> Packet:
+    """Insert a packet with its tags (no ORM flush; `packet` stays a transient value)."""
+    tag_rows = _tag_rows(packet, tags)
     driver = await fast.connection(session)
     if driver is not None:
         await fast.insert(session, driver, [packet])
@@ -98,6 +104,55 @@ async def insert(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> 
     await insert_rows(session, packet)
     await insert_rows(session, *tag_rows)
     return packet
+
+
+#: every tag of a new packet in one INSERT whose text does not depend on how many there are
+_PG_TAGS_SQL = (
+    "INSERT INTO packet_tag (packet_id, tag, tenant_id) SELECT $1, unnest($2::text[]), $3"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one packet state change writes: the packet (when new), its history event, its stream
+    event, and (`webhook_event`) which webhook event to look for subscribers of."""
+
+    event: PacketEvent
+    stream_event: StreamEvent
+    created: Packet | None = None
+    tags: Sequence[str] = ()
+    webhook_event: str | None = None
+
+
+async def write_change(session: AsyncSession, change: Change) -> bool | None:
+    """Write a change in the caller's transaction.
+
+    PostgreSQL: one statement (data-modifying CTEs: packet, tags, event, stream event; the
+    subscribed-webhook lookup as its query) instead of five round trips; returns whether an
+    endpoint may want `webhook_event`. SQLite: one write after another; returns None (unknown).
+    """
+    driver = await fast.connection(session)
+    if driver is None:
+        if change.created is not None:
+            await insert(session, change.created, change.tags)
+        await add_event(session, change.event)
+        await stream_log.append(session, change.stream_event)
+        return None
+    writes: list[fast.Statement] = []
+    if change.created is not None:
+        packet = change.created
+        writes.append(fast.insert_statement([packet]))
+        if change.tags:
+            tags = list(dict.fromkeys(change.tags))
+            writes.append(fast.Statement(_PG_TAGS_SQL, (packet.id, tags, packet.tenant_id)))
+    writes.append(fast.insert_statement([change.event]))
+    writes.append(stream_log.pg_insert(session, change.stream_event))
+    if change.webhook_event is None:
+        await fast.fetch(session, driver, fast.together(writes, fast.Statement("SELECT 1")))
+        return False
+    query = webhook_rows.subscribed_events(change.event.tenant_id)
+    rows = await fast.fetch(session, driver, fast.together(writes, query))
+    return webhook_rows.wants(rows, change.webhook_event)
 
 
 _GET = (

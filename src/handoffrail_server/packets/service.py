@@ -123,28 +123,26 @@ class PacketService:
         *,
         from_status: str | None = None,
         details: dict[str, Any] | None = None,
+        created_tags: Sequence[str] | None = None,
     ) -> None:
-        """Append an event row in the current transaction."""
+        """Append an event row (and its stream event and webhook outbox rows) in the current
+        transaction; with `created_tags`, insert `packet` and its tags first."""
         body = dict(details or {})
         if self.key_id:
             body.setdefault("api_key_id", self.key_id)
-        await repository.add_event(
-            self.session,
-            PacketEvent(
-                id=uuid.uuid4(),
-                tenant_id=self.tenant_id,
-                packet_id=packet.id,
-                event_type=event_type,
-                actor=actor[:512],
-                from_status=from_status,
-                to_status=packet.status,
-                request_id=self.request_id,
-                details=body or None,
-                created_at=self.clock.now(),
-            ),
+        event = PacketEvent(
+            id=uuid.uuid4(),
+            tenant_id=self.tenant_id,
+            packet_id=packet.id,
+            event_type=event_type,
+            actor=actor[:512],
+            from_status=from_status,
+            to_status=packet.status,
+            request_id=self.request_id,
+            details=body or None,
+            created_at=self.clock.now(),
         )
-        await streams.append(
-            self.session,
+        stream_event = streams.build_event(
             self.clock,
             tenant_id=self.tenant_id,
             history_event=event_type,
@@ -154,6 +152,15 @@ class PacketService:
             details=details,
             hitl=packet.hitl,
         )
+        change = repository.Change(
+            event=event,
+            stream_event=stream_event,
+            created=packet if created_tags is not None else None,
+            tags=created_tags or (),
+            webhook_event=webhooks.event_name(event_type),
+        )
+        may_have_subscriber = await repository.write_change(self.session, change)
+        streams.wake_after_commit(self.session, self.tenant_id)
         # Transactional outbox: webhook rows commit (or roll back) with the state change.
         await webhooks.enqueue_packet_event(
             self.session,
@@ -164,6 +171,7 @@ class PacketService:
             status=packet.status,
             metadata=packet.packet_metadata,
             details=details,
+            may_have_subscriber=may_have_subscriber,
         )
         if event_type == "created":
             metrics.PACKETS_CREATED.labels(self.tenant_id).inc()
@@ -244,11 +252,16 @@ class PacketService:
                 document["hitl"] if status is PacketStatus.AWAITING_HUMAN else None,
             ),
         )
-        await repository.insert(self.session, packet, tags)
         details: dict[str, Any] = {"status": status.value}
         if parent_packet_id:
             details["parent_packet_id"] = str(parent_packet_id)
-        await self.record(packet, "created", f"agent:{packet.source_agent_id}", details=details)
+        await self.record(
+            packet,
+            "created",
+            f"agent:{packet.source_agent_id}",
+            details=details,
+            created_tags=tags,
+        )
         return packet
 
     async def create(self, body: PacketCreate) -> Packet:

@@ -83,6 +83,24 @@ def _next_position(session: AsyncSession) -> int:
     return position
 
 
+def pg_insert(session: AsyncSession, event: StreamEvent) -> fast.Statement:
+    """The INSERT of `event` on PostgreSQL, numbered next in the session's transaction."""
+    return fast.Statement(
+        _PG_INSERT_SQL,
+        (
+            _next_position(session),
+            event.tenant_id,
+            event.event_type,
+            event.packet_id,
+            event.status,
+            event.source_agent_id,
+            event.target_agent_id,
+            json.dumps(event.data),
+            event.created_at,
+        ),
+    )
+
+
 async def append(session: AsyncSession, event: StreamEvent) -> None:
     """Write one event in the caller's transaction.
 
@@ -91,20 +109,9 @@ async def append(session: AsyncSession, event: StreamEvent) -> None:
     """
     driver = await fast.connection(session)
     if driver is not None:
-        position = _next_position(session)
+        statement = pg_insert(session, event)
         async with fast.translated(session):
-            await driver.execute(
-                _PG_INSERT_SQL,
-                position,
-                event.tenant_id,
-                event.event_type,
-                event.packet_id,
-                event.status,
-                event.source_agent_id,
-                event.target_agent_id,
-                json.dumps(event.data),
-                event.created_at,
-            )
+            await driver.execute(statement.sql, *statement.args)
         return
     sync = session.sync_session
     owner = sync.get_nested_transaction() or sync.get_transaction()

@@ -30,8 +30,7 @@ def stream_type(history_event: str) -> str:
     return _TYPE_BY_HISTORY.get(history_event, f"packet.{history_event}")
 
 
-async def append(
-    session: AsyncSession,
+def build_event(
     clock: Clock,
     *,
     tenant_id: str,
@@ -41,8 +40,8 @@ async def append(
     metadata: dict[str, Any],
     details: dict[str, Any] | None,
     hitl: dict[str, Any] | None,
-) -> None:
-    """Log a stream event in the caller's transaction and mark the tenant for a wake-up."""
+) -> StreamEvent:
+    """The stream event of a packet history event (not yet written)."""
     event_type = stream_type(history_event)
     data: dict[str, Any] = {"status": status, "metadata": metadata}
     if details:
@@ -53,20 +52,27 @@ async def append(
         data["hitl_response"] = hitl.get("response")
     source = (metadata.get("source_agent") or {}).get("id")
     target = (metadata.get("target_agent") or {}).get("id")
-    await repository.append(
-        session,
-        StreamEvent(
-            tenant_id=tenant_id,
-            event_type=event_type,
-            packet_id=packet_id,
-            status=status,
-            source_agent_id=str(source) if source is not None else None,
-            target_agent_id=str(target) if target is not None else None,
-            data=data,
-            created_at=clock.now(),
-        ),
+    return StreamEvent(
+        tenant_id=tenant_id,
+        event_type=event_type,
+        packet_id=packet_id,
+        status=status,
+        source_agent_id=str(source) if source is not None else None,
+        target_agent_id=str(target) if target is not None else None,
+        data=data,
+        created_at=clock.now(),
     )
+
+
+def wake_after_commit(session: AsyncSession, tenant_id: str) -> None:
+    """Mark the tenant: its stream readers are woken once the unit of work commits."""
     session.info.setdefault(NOTIFY_KEY, set()).add(tenant_id)
+
+
+async def append(session: AsyncSession, event: StreamEvent) -> None:
+    """Log a stream event in the caller's transaction and mark the tenant for a wake-up."""
+    await repository.append(session, event)
+    wake_after_commit(session, event.tenant_id)
 
 
 @dataclass(slots=True)

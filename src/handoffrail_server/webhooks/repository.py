@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -47,19 +47,27 @@ _ACTIVE_ENDPOINTS = select(WebhookEndpoint).where(
 _SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = $1 AND active"
 
 
+def subscribed_events(tenant_id: str) -> fast.Statement:
+    """PostgreSQL: the event lists of the tenant's active endpoints (read by `wants`)."""
+    return fast.Statement(_SUBSCRIBED_EVENTS_SQL, (tenant_id,))
+
+
+def wants(rows: Iterable[Any], event_type: str) -> bool:
+    """True when one of the `subscribed_events` rows subscribes to `event_type`."""
+    for row in rows:
+        events = row["events"]
+        if event_type in (json.loads(events) if isinstance(events, str) else events):
+            return True
+    return False
+
+
 async def may_have_subscriber(session: AsyncSession, tenant_id: str, event_type: str) -> bool:
     """False only when no active endpoint of the tenant wants `event_type` (cheap check first:
     most tenants have no endpoint, and every state change asks)."""
     driver = await fast.connection(session)
     if driver is None:
         return True
-    async with fast.translated(session):
-        rows = await driver.fetch(_SUBSCRIBED_EVENTS_SQL, tenant_id)
-    for row in rows:
-        events = row["events"]
-        if event_type in (json.loads(events) if isinstance(events, str) else events):
-            return True
-    return False
+    return wants(await fast.fetch(session, driver, subscribed_events(tenant_id)), event_type)
 
 
 async def active_endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:

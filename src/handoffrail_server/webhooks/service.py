@@ -276,6 +276,11 @@ async def send_test(
     return delivery_to_read(delivery)
 
 
+def event_name(history_event: str) -> str | None:
+    """The webhook event a packet history event fires (None: no webhook for it)."""
+    return EVENT_NAMES.get(history_event)
+
+
 async def enqueue_packet_event(
     session: AsyncSession,
     clock: Clock,
@@ -286,12 +291,18 @@ async def enqueue_packet_event(
     status: str,
     metadata: dict[str, Any],
     details: dict[str, Any] | None,
+    may_have_subscriber: bool | None = None,
 ) -> int:
-    """Write one outbox row per active endpoint subscribed to this event; returns the count."""
+    """Write one outbox row per active endpoint subscribed to this event; returns the count.
+
+    `may_have_subscriber=False`: the caller has already found no subscriber in this
+    transaction (`event_name` + `repository.wants`), so nothing is read again."""
     event_type = EVENT_NAMES.get(history_event)
-    if event_type is None:
+    if event_type is None or may_have_subscriber is False:
         return 0
-    if not await repository.may_have_subscriber(session, tenant_id, event_type):
+    if may_have_subscriber is None and not await repository.may_have_subscriber(
+        session, tenant_id, event_type
+    ):
         return 0
     targets = [
         row

@@ -1,0 +1,33 @@
+"""`fast.together`: several statements become one, placeholders renumbered in order."""
+
+from __future__ import annotations
+
+from handoffrail_server.db import fast
+
+
+def test_writes_become_ctes_and_placeholders_follow_on() -> None:
+    first = fast.Statement("INSERT INTO a (x, y) VALUES ($1, $2)", (1, 2))
+    second = fast.Statement("INSERT INTO b (z) SELECT unnest($1::text[])", (["p", "q"],))
+    then = fast.Statement("SELECT events FROM c WHERE t = $1 AND u = $2", ("t", "u"))
+    combined = fast.together([first, second], then)
+    assert combined.sql == (
+        "WITH w0 AS (INSERT INTO a (x, y) VALUES ($1, $2)),"
+        " w1 AS (INSERT INTO b (z) SELECT unnest($3::text[]))"
+        " SELECT events FROM c WHERE t = $4 AND u = $5"
+    )
+    assert combined.args == (1, 2, ["p", "q"], "t", "u")
+
+
+def test_two_digit_placeholders_are_renumbered_whole() -> None:
+    wide = fast.Statement(
+        "VALUES (" + ", ".join(f"${n}" for n in range(1, 12)) + ")", tuple(range(11))
+    )
+    combined = fast.together([wide], fast.Statement("SELECT $1", ("last",)))
+    assert "$11)" in combined.sql
+    assert combined.sql.endswith("SELECT $12")
+    assert combined.args[-1] == "last"
+
+
+def test_without_writes_the_query_is_unchanged() -> None:
+    query = fast.Statement("SELECT $1", (1,))
+    assert fast.together([], query) == query
