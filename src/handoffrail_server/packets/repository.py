@@ -330,7 +330,7 @@ def candidates_query(
     priorities: Sequence[str] | None,
     now: datetime,
     limit: int,
-) -> Select[tuple[Packet]]:
+) -> Select[Packet]:
     """Oldest highest-priority packets in `statuses` matching the filters (not locked)."""
     filters = PacketFilter(statuses=statuses, target_agent=target_agent, tags=tags)
     conditions = _conditions(tenant_id, filters)
