@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -136,10 +137,75 @@ def postgres_url() -> Iterator[str]:
         drop_pg_database(name)
 
 
+@pytest.fixture(scope="session")
+def migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Per backend, one database migrated to head once per test session (copied per test).
+
+    Running the migrations for each of a thousand tests costs minutes; copying a migrated
+    database costs milliseconds. `tests/integration/test_migrations.py` still migrates for real.
+    """
+    templates: dict[str, str] = {"sqlite_dir": str(tmp_path_factory.mktemp("templates"))}
+    try:
+        yield templates
+    finally:
+        if "postgres" in templates:
+            drop_pg_database(templates["postgres"])
+
+
+def _sqlite_template(templates: dict[str, str]) -> str:
+    if "sqlite" not in templates:
+        path = Path(templates["sqlite_dir"]) / "head.db"
+        migrations.upgrade(f"sqlite+aiosqlite:///{path}")
+        templates["sqlite"] = str(path)
+    return templates["sqlite"]
+
+
+def _postgres_template(templates: dict[str, str]) -> str:
+    if "postgres" not in templates:
+        name, url = create_pg_database()
+        migrations.upgrade(url)
+        templates["postgres"] = name
+    return templates["postgres"]
+
+
+def copy_sqlite_database(source: str, target: str) -> None:
+    """A consistent copy (SQLite's backup API: WAL contents included)."""
+    with sqlite3.connect(source) as origin, sqlite3.connect(target) as copy:
+        origin.backup(copy)
+    origin.close()
+    copy.close()
+
+
+def recreate_pg_database_from(name: str, template: str) -> None:
+    """Replace the (empty, unused) database `name` with a copy of `template`."""
+
+    async def recreate() -> None:
+        connection = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            # CREATE DATABASE ... TEMPLATE needs the template to have no other sessions
+            await connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                template,
+            )
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(recreate())
+
+
 @pytest.fixture
-def migrated_url(database_url: str) -> str:
-    """A database at the head revision, on each backend."""
-    migrations.upgrade(database_url)
+def migrated_url(database_url: str, migrated_templates: dict[str, str]) -> str:
+    """A database at the head revision, on each backend (a copy of the session's template)."""
+    if database_url.startswith("sqlite"):
+        copy_sqlite_database(
+            _sqlite_template(migrated_templates), database_url.split(":///", 1)[1]
+        )
+    else:
+        name = database_url.rsplit("/", 1)[1]
+        recreate_pg_database_from(name, _postgres_template(migrated_templates))
     return database_url
 
 
