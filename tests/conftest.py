@@ -200,9 +200,7 @@ def recreate_pg_database_from(name: str, template: str) -> None:
 def migrated_url(database_url: str, migrated_templates: dict[str, str]) -> str:
     """A database at the head revision, on each backend (a copy of the session's template)."""
     if database_url.startswith("sqlite"):
-        copy_sqlite_database(
-            _sqlite_template(migrated_templates), database_url.split(":///", 1)[1]
-        )
+        copy_sqlite_database(_sqlite_template(migrated_templates), database_url.split(":///", 1)[1])
     else:
         name = database_url.rsplit("/", 1)[1]
         recreate_pg_database_from(name, _postgres_template(migrated_templates))
