@@ -130,7 +130,7 @@ bench-smoke: install ## The benchmark harness with tiny counts (no timing meanin
 
 .PHONY: deploy-check
 deploy-check: install ## Static checks of the deployment kit (compose, hadolint, caddy, schemas, k8s, shellcheck, yamllint)
-	$(BIN)/pytest tests/deploy/test_static.py -q
+	$(BIN)/pytest tests/deploy/test_static.py tests/deploy/test_platform_files.py -q
 
 .PHONY: browser
 browser: ## Install Debian's chromium for the dashboard browser test (no-op when present)
