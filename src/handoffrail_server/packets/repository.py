@@ -86,26 +86,6 @@ def _conditions(tenant_id: str, filters: PacketFilter) -> list[ColumnElement[boo
     return conditions
 
 
-def _tag_rows(packet: Packet, tags: Sequence[str]) -> list[PacketTag]:
-    return [
-        PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id)
-        for tag in dict.fromkeys(tags)
-    ]
-
-
-async def insert(session: AsyncSession, packet: Packet, tags: Sequence[str]) -> Packet:
-    """Insert a packet with its tags (no ORM flush; `packet` stays a transient value)."""
-    tag_rows = _tag_rows(packet, tags)
-    driver = await fast.connection(session)
-    if driver is not None:
-        await fast.insert(session, driver, [packet])
-        await fast.insert(session, driver, tag_rows)
-        return packet
-    await insert_rows(session, packet)
-    await insert_rows(session, *tag_rows)
-    return packet
-
-
 #: every tag of a new packet in one INSERT whose text does not depend on how many there are
 _PG_TAGS_SQL = (
     "INSERT INTO packet_tag (packet_id, tag, tenant_id) SELECT $1, unnest($2::text[]), $3"
@@ -134,8 +114,16 @@ async def write_change(session: AsyncSession, change: Change) -> bool | None:
     driver = await fast.connection(session)
     if driver is None:
         if change.created is not None:
-            await insert(session, change.created, change.tags)
-        await add_event(session, change.event)
+            packet = change.created
+            await insert_rows(session, packet)
+            await insert_rows(
+                session,
+                *(
+                    PacketTag(packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id)
+                    for tag in dict.fromkeys(change.tags)
+                ),
+            )
+        await insert_rows(session, change.event)
         await stream_log.append(session, change.stream_event)
         return None
     writes: list[fast.Statement] = []
@@ -377,15 +365,6 @@ async def claim_candidates(
         async with fast.translated(session):
             await driver.execute("SET LOCAL enable_sort = off")
     return list((await session.execute(query)).scalars())
-
-
-async def add_event(session: AsyncSession, event: PacketEvent) -> None:
-    """Append one event row."""
-    driver = await fast.connection(session)
-    if driver is not None:
-        await fast.insert(session, driver, [event])
-        return
-    await insert_rows(session, event)
 
 
 async def history(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> list[PacketEvent]:
