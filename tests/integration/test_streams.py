@@ -293,9 +293,11 @@ async def test_event_on_instance_one_reaches_subscriber_on_instance_two(
         async with http_client(url_one) as one, http_client(url_two) as two:
             _, key = await new_tenant_key(one, operator_key)
             async with open_sse(two, key) as reader:
-                await asyncio.sleep(0.3)  # let both Redis listeners settle
                 latencies = []
                 for _ in range(3):
+                    # idle longer than the Redis client's 1 s socket timeout each time: a
+                    # subscription read with that timeout used to drop and be down for 2 s
+                    await asyncio.sleep(1.3)
                     started = time.monotonic()
                     packet = await create_packet(one, key)
                     ((_, kind, got),) = await _created_ids(reader, 1)

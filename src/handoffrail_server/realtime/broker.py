@@ -18,6 +18,11 @@ from handoffrail_server.infra import keys
 
 log = structlog.get_logger(__name__)
 
+#: how long one read of the subscription waits for a message before reading again
+LISTEN_WAIT_SECONDS = 5.0
+#: pause before subscribing again after Redis failed
+RESUBSCRIBE_SECONDS = 2.0
+
 
 class Broker:
     """Per-tenant wake-up signals, shared across instances through Redis pub/sub when present."""
@@ -79,19 +84,25 @@ class Broker:
         pattern = keys.stream_channel(self._prefix, "*")
         while True:
             try:
-                pubsub = self._redis.pubsub()
-                await pubsub.psubscribe(pattern)
-                async for message in pubsub.listen():
-                    if message.get("type") != "pmessage":
-                        continue
-                    channel = message["channel"]
-                    text = channel.decode() if isinstance(channel, bytes) else str(channel)
-                    self._wake_local(keys.tenant_from_stream_channel(self._prefix, text))
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(pattern)
+                    while True:
+                        # get_message with its own timeout: `listen()` would read with the
+                        # client's 1 s socket timeout and fail after every idle second, and
+                        # the subscription would be down most of the time
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=LISTEN_WAIT_SECONDS
+                        )
+                        if message is None or message.get("type") != "pmessage":
+                            continue
+                        channel = message["channel"]
+                        text = channel.decode() if isinstance(channel, bytes) else str(channel)
+                        self._wake_local(keys.tenant_from_stream_channel(self._prefix, text))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: readers poll; retry the subscription later
                 log.warning("stream.listen_failed", error=type(exc).__name__)
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(RESUBSCRIBE_SECONDS)
 
     async def stop(self) -> None:
         """Send what is still unpublished, then stop the Redis listener."""
