@@ -16,7 +16,7 @@ from handoffrail_server import __version__
 from handoffrail_server.api import health
 from handoffrail_server.api.deps import AppState
 from handoffrail_server.api.problems import install_problem_handlers
-from handoffrail_server.api.router import build_api_router
+from handoffrail_server.api.router import include_api
 from handoffrail_server.clock import Clock, SystemClock
 from handoffrail_server.dashboard.router import router as dashboard_router
 from handoffrail_server.db import migrations
@@ -25,13 +25,8 @@ from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.infra.redis import create_redis
 from handoffrail_server.keys import service as keys_service
 from handoffrail_server.limits.ratelimit import RateLimiter
+from handoffrail_server.observability.edge import EdgeMiddleware
 from handoffrail_server.observability.logging import configure_logging
-from handoffrail_server.observability.metrics import MetricsMiddleware
-from handoffrail_server.observability.middleware import (
-    BodyLimitMiddleware,
-    RequestIdMiddleware,
-    SecurityHeadersMiddleware,
-)
 from handoffrail_server.observability.runtime import freeze_startup_objects, native_telemetry
 from handoffrail_server.observability.sentry import init_sentry
 from handoffrail_server.packets.deadlines import expire_due
@@ -153,10 +148,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.state.hr = state
     install_problem_handlers(app)
+    include_api(app)
     app.include_router(health.router)
     app.include_router(realtime_router)
     app.include_router(dashboard_router)
-    app.include_router(build_api_router())
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         if wildcard and settings.environment is Environment.STAGING:
@@ -170,8 +165,5 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             allow_headers=["X-API-Key", "Content-Type", "X-Request-ID", "Last-Event-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(MetricsMiddleware)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(EdgeMiddleware, max_bytes=MAX_BODY_BYTES)
     return app

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 from starlette.types import Message, Receive, Scope, Send
 
-from handoffrail_server.observability.metrics import MetricsMiddleware
+from handoffrail_server.observability.edge import EdgeMiddleware
 
 
 def counted(status: str = "200") -> float:
@@ -42,7 +42,7 @@ def test_a_request_is_counted_before_its_last_byte_is_sent() -> None:
     async def send(message: Message) -> None:
         seen.append((message["type"], bool(message.get("more_body")), counted()))
 
-    asyncio.run(MetricsMiddleware(answer)(scope(), receive, send))
+    asyncio.run(EdgeMiddleware(answer, max_bytes=1024)(scope(), receive, send))
     # headers and the first chunk go out uncounted; the final chunk only after counting
     assert seen == [
         ("http.response.start", False, before),
@@ -59,5 +59,5 @@ def test_a_request_whose_app_fails_is_counted_once_as_a_500() -> None:
         raise AssertionError("nothing is sent")
 
     with pytest.raises(RuntimeError):
-        asyncio.run(MetricsMiddleware(failing)(scope(), receive, send))
+        asyncio.run(EdgeMiddleware(failing, max_bytes=1024)(scope(), receive, send))
     assert counted("500") == before + 1

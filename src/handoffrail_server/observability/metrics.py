@@ -8,9 +8,7 @@ samples there and `/metrics` merges them, so counters are summed across workers.
 from __future__ import annotations
 
 import os
-import time
 
-import structlog
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 REQUESTS = Counter(
     "handoffrail_requests_total",
@@ -120,7 +118,6 @@ JOB_RUNS = Counter(
 )
 
 UNMATCHED = "unmatched"
-log = structlog.get_logger("handoffrail.access")
 
 
 def render() -> tuple[bytes, str]:
@@ -154,54 +151,3 @@ def route_template(scope: Scope) -> str:
     if filled and raw_path.endswith(filled):
         return raw_path[: len(raw_path) - len(filled)] + template
     return template
-
-
-class MetricsMiddleware:
-    """Count and time every HTTP request by route template; write one access-log event."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status_code = 500
-        recorded = False
-
-        def record() -> None:
-            nonlocal recorded
-            if recorded:
-                return
-            recorded = True
-            elapsed = time.perf_counter() - started
-            endpoint = route_template(scope)
-            method = str(scope.get("method", "GET"))
-            REQUESTS.labels(method, endpoint, str(status_code)).inc()
-            LATENCY.labels(method, endpoint).observe(elapsed)
-            principal = scope.get("state", {}).get("principal")
-            log.info(
-                "http.request",
-                method=method,
-                endpoint=endpoint,
-                status_code=status_code,
-                duration_ms=round(elapsed * 1000, 2),
-                tenant_id=getattr(principal, "tenant_id", None),
-                api_key_id=getattr(principal, "key_id", None),
-            )
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = int(message["status"])
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                # count before the last byte leaves: a client that has its answer and then
-                # scrapes /metrics always finds its own request there
-                record()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            record()
