@@ -7,9 +7,11 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from handoffrail_server.api.wire import MAX_DEPTH, NoNulModel, find_unstorable
+from handoffrail_server.api.wire import MAX_DEPTH, NoNulModel, _surely_storable, find_unstorable
 
 NUL = "a NUL character (\\u0000)"
 NON_FINITE = "a non-finite number (NaN or Infinity)"
@@ -121,3 +123,38 @@ def test_refusal_happens_before_field_validation() -> None:
     errors = caught.value.errors()
     assert len(errors) == 1
     assert "non-finite" in errors[0]["msg"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(JSON)
+def test_the_cheap_proof_never_passes_what_the_walk_refuses(value: Any) -> None:
+    # NaN, infinities and NUL come up often from these strategies: the shortcut must send
+    # every one of them to the walk
+    if _surely_storable(value):
+        assert find_unstorable(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "walked"),
+    [
+        ({"a": ["clean", 1.5]}, False),
+        ({"a": "x\x00y"}, True),
+        ({"a": math.nan}, True),
+        ({"a": "literal \\u0000 text"}, True),  # decided by the walk: storable
+        (_nested(MAX_DEPTH, 1), False),
+        (_nested(MAX_DEPTH + 1, 1), True),
+    ],
+)
+def test_the_walk_runs_only_when_the_cheap_proof_fails(value: Any, walked: bool) -> None:
+    assert _surely_storable(value) is not walked
+
+
+def test_deep_bodies_are_still_refused_through_the_model() -> None:
+    with pytest.raises(ValidationError, match="nesting deeper"):
+        Body.model_validate({"name": "ok", "extra": {"deep": _nested(MAX_DEPTH + 1, 1)}})

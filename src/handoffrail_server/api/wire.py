@@ -6,6 +6,7 @@ database and succeed on the other.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -36,13 +37,27 @@ def find_unstorable(value: Any, depth: int = 0) -> str | None:
     return None
 
 
+def _surely_storable(value: Any) -> bool:
+    """A cheap proof that `value` holds nothing unstorable; False means "walk it to find out".
+
+    The C JSON encoder refuses non-finite numbers, writes NUL as `\\u0000` (the text may hold
+    that sequence literally too: then the walk decides), and each level of nesting opens at
+    least one `{` or `[`, so fewer of those than MAX_DEPTH bounds the depth.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return "\\u0000" not in text and text.count("{") + text.count("[") <= MAX_DEPTH
+
+
 class NoNulModel(BaseModel):
     """Request model that refuses unstorable values before any field validation."""
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unstorable(cls, data: Any) -> Any:
-        found = find_unstorable(data)
+        found = None if _surely_storable(data) else find_unstorable(data)
         if found:
             raise ValueError(f"body contains {found}, which cannot be stored")
         return data
