@@ -1,6 +1,10 @@
-"""`fast.together`: several statements become one, placeholders renumbered in order."""
+"""`fast.together` (several statements become one, placeholders renumbered) and `dump_json`."""
 
 from __future__ import annotations
+
+import json
+
+import pytest
 
 from handoffrail_server.db import fast
 
@@ -31,3 +35,16 @@ def test_two_digit_placeholders_are_renumbered_whole() -> None:
 def test_without_writes_the_query_is_unchanged() -> None:
     query = fast.Statement("SELECT $1", (1,))
     assert fast.together([], query) == query
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"summary": "Ünïcode ☃ stays", "nested": [1, 2.5, None, True, {"k": "v"}]},
+        {"big": 2**64, "negative": -(2**70)},  # beyond orjson's 64 bits: the json fallback
+        [],
+        "text",
+    ],
+)
+def test_dump_json_round_trips_what_json_would(value: object) -> None:
+    assert json.loads(fast.dump_json(value)) == value

@@ -11,8 +11,8 @@ the session's transaction already holds, so they commit or roll back with everyt
 - Errors are translated to SQLAlchemy's exception classes (`OperationalError` for a lost
   connection, which also invalidates the pooled connection; `IntegrityError`, `DataError`,
   `DBAPIError` otherwise), so the problem handlers answer exactly as for the ORM paths.
-- JSON parameters are sent as text: SQLAlchemy registers text codecs for json/jsonb on every
-  connection it opens.
+- JSON parameters are sent as text (`dump_json`, orjson with a fallback): SQLAlchemy registers
+  text codecs for json/jsonb on every connection it opens.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import JSON, Table, Uuid, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -151,9 +152,18 @@ def _insert_sql(model: type[Base], keys: tuple[str, ...], count: int = 1) -> str
     return sql
 
 
+def dump_json(value: Any) -> str:
+    """JSON text of a JSON-typed value: orjson (several times faster than `json` on the packet
+    documents), or `json` for what orjson refuses, such as integers beyond 64 bits."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def _arguments(model: type[Base], row: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
     json_columns = _json_columns(model)
-    return [json.dumps(row[key]) if key in json_columns else row[key] for key in keys]
+    return [dump_json(row[key]) if key in json_columns else row[key] for key in keys]
 
 
 def _rows(objects: Sequence[Base]) -> tuple[tuple[str, ...], list[dict[str, Any]]]:

@@ -16,7 +16,6 @@ Last-Event-ID), so a reader must never be shown an id while a smaller one can st
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -95,7 +94,7 @@ def pg_insert(session: AsyncSession, event: StreamEvent) -> fast.Statement:
             event.status,
             event.source_agent_id,
             event.target_agent_id,
-            json.dumps(event.data),
+            fast.dump_json(event.data),
             event.created_at,
         ),
     )
