@@ -33,6 +33,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.db.base import Base
+from handoffrail_server.db.rows import transient
 from handoffrail_server.db.rows import values as column_values
 
 #: session.info key: (innermost SessionTransaction, asyncpg connection) last handed out
@@ -154,7 +155,8 @@ def _insert_sql(model: type[Base], keys: tuple[str, ...], count: int = 1) -> str
 
 def dump_json(value: Any) -> str:
     """JSON text of a JSON-typed value: orjson (several times faster than `json` on the packet
-    documents), or `json` for what orjson refuses, such as integers beyond 64 bits."""
+    documents), or `json` for what orjson refuses, such as integers beyond 64 bits. (Reading
+    stays with `json.loads`: orjson would turn such integers into floats.)"""
     try:
         return orjson.dumps(value).decode()
     except TypeError:
@@ -275,7 +277,7 @@ def to_model(model: type[Base], record: Any) -> Any:
             elif kind == "uuid" and not isinstance(value, uuid.UUID):
                 value = uuid.UUID(str(value))
         values[attribute] = value
-    return model(**values)
+    return transient(model, **values)
 
 
 def column_of(model: type[Base], attribute: str) -> tuple[str, bool]:

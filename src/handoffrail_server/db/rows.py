@@ -3,17 +3,40 @@
 `insert_rows(session, obj...)` writes transient ORM objects with one Core `INSERT` (executemany
 for several), in the caller's transaction. The objects stay transient (not in the identity map):
 callers use them as plain values afterwards, which the hot paths (create, history) do.
+
+`transient(Model, **values)` builds such an object without the declarative constructor, whose
+per-attribute set events cost more than the rest of building a row (three rows per create).
 """
 
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Insert, Table, insert, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import class_mapper
 
 from handoffrail_server.db.base import Base
+
+M = TypeVar("M", bound=Base)
+
+
+@cache
+def _attributes(model: type[Base]) -> frozenset[str]:
+    return frozenset(attribute.key for attribute in class_mapper(model).column_attrs)
+
+
+def transient(model: type[M], **values: Any) -> M:
+    """A transient `model` object holding `values` (column attributes only), built without
+    attribute events. Unset attributes read as None, as after `model(**values)`; added to a
+    session, it inserts the same row."""
+    unknown = values.keys() - _attributes(model)
+    if unknown:
+        raise TypeError(f"{model.__name__} has no column attribute {sorted(unknown)[0]!r}")
+    obj: M = class_mapper(model).class_manager.new_instance()
+    obj.__dict__.update(values)
+    return obj
 
 
 @cache

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import Packet, PacketEvent
+from handoffrail_server.db.rows import transient
 from handoffrail_server.errors import DomainError
 from handoffrail_server.limits import service as quotas
 from handoffrail_server.limits.service import TenantLimits
@@ -130,7 +131,8 @@ class PacketService:
         body = dict(details or {})
         if self.key_id:
             body.setdefault("api_key_id", self.key_id)
-        event = PacketEvent(
+        event = transient(
+            PacketEvent,
             id=uuid.uuid4(),
             tenant_id=self.tenant_id,
             packet_id=packet.id,
@@ -224,7 +226,8 @@ class PacketService:
             )
             await quotas.consume_handoffs(self.session, self.clock, self.limits)
         status = initial_status(body.hitl is not None and body.hitl.required)
-        packet = Packet(
+        packet = transient(
+            Packet,
             id=uuid.uuid4(),
             tenant_id=self.tenant_id,
             parent_packet_id=parent_packet_id,

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import StreamEvent
+from handoffrail_server.db.rows import transient
 from handoffrail_server.realtime import repository
 
 #: session.info key listing tenants whose readers must be woken after commit
@@ -52,7 +53,8 @@ def build_event(
         data["hitl_response"] = hitl.get("response")
     source = (metadata.get("source_agent") or {}).get("id")
     target = (metadata.get("target_agent") or {}).get("id")
-    return StreamEvent(
+    return transient(
+        StreamEvent,
         tenant_id=tenant_id,
         event_type=event_type,
         packet_id=packet_id,
