@@ -42,3 +42,19 @@ def test_every_json_log_line_is_written_whole_in_one_call(
         assert write.endswith("\n")
         assert write.count("\n") == 1
         assert json.loads(write)["n"] == n
+
+
+def test_json_lines_hold_what_orjson_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = Recorder()
+    monkeypatch.setattr("sys.stderr", recorder)
+    configure_logging("info", json_logs=True)
+    try:
+        log = structlog.get_logger("tests.lines")
+        log.info("test.fallback", big=2**70, keyed={1: "int key"}, when=object())
+    finally:
+        configure_logging("warning", json_logs=False)
+    (line,) = [write for write in recorder.writes if "test.fallback" in write]
+    record = json.loads(line)
+    assert record["big"] == 2**70
+    assert record["keyed"] == {"1": "int key"}
+    assert record["when"].startswith("<object object")

@@ -6,12 +6,15 @@ API key, so secrets never reach a log line even when a caller logs them by mista
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from functools import lru_cache
 from typing import Any
 
+import orjson
 import structlog
 
 _SENSITIVE_KEYS = re.compile(
@@ -24,8 +27,16 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 
 def _scrub_text(value: str) -> str:
-    value = _KEY_SHAPE.sub("hr_***", value)
-    return _URL_PASSWORD.sub(r"\1***@", value)
+    if "hr_" in value:
+        value = _KEY_SHAPE.sub("hr_***", value)
+    if "://" in value:
+        value = _URL_PASSWORD.sub(r"\1***@", value)
+    return value
+
+
+@lru_cache(maxsize=1024)
+def _sensitive(key: str) -> bool:
+    return _SENSITIVE_KEYS.search(key) is not None
 
 
 def _scrub(value: Any, depth: int = 0) -> Any:
@@ -35,7 +46,7 @@ def _scrub(value: Any, depth: int = 0) -> Any:
         return _scrub_text(value)
     if isinstance(value, dict):
         return {
-            key: "[redacted]" if _SENSITIVE_KEYS.search(str(key)) else _scrub(item, depth + 1)
+            key: "[redacted]" if _sensitive(str(key)) else _scrub(item, depth + 1)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
@@ -50,11 +61,20 @@ def redact(
     for key in list(event_dict):
         if key == "event":
             event_dict[key] = _scrub(event_dict[key])
-        elif _SENSITIVE_KEYS.search(key):
+        elif _sensitive(key):
             event_dict[key] = "[redacted]"
         else:
             event_dict[key] = _scrub(event_dict[key])
     return event_dict
+
+
+def _json_line(event_dict: Any, **kwargs: Any) -> str:
+    """structlog's serializer: orjson (the access log writes a line per request), or `json`
+    for what orjson refuses (non-string keys, integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(event_dict, default=kwargs.get("default")).decode()
+    except TypeError:
+        return json.dumps(event_dict, **kwargs)
 
 
 def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
@@ -71,7 +91,7 @@ def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
         redact,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if json_logs
         else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )

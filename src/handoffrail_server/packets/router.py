@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from handoffrail_server.api.deps import (
     Caller,
     Session,
-    State,
+    app_state,
     as_utc,
     request_id,
     tenant_limits,
@@ -48,7 +48,8 @@ Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]
 AgentId = Annotated[str | None, Query(max_length=256)]
 
 
-def _service(request: Request, state: State, session: Session, caller: Caller) -> PacketService:
+def _service(request: Request, session: Session, caller: Caller) -> PacketService:
+    state = app_state(request)
     return PacketService(
         session,
         state.clock,
@@ -74,17 +75,16 @@ def _statuses(value: str | None) -> list[str]:
 
 @router.post("", status_code=201, response_model=PacketRead)
 async def create_packet(
-    body: PacketCreate, request: Request, state: State, session: Session, caller: Caller
+    body: PacketCreate, request: Request, session: Session, caller: Caller
 ) -> PacketRead:
     """Create a packet."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return to_read(await service.create(body))
 
 
 @router.get("", response_model=PacketPage)
 async def list_packets(
     request: Request,
-    state: State,
     session: Session,
     caller: Caller,
     status: Annotated[str | None, Query(max_length=512)] = None,
@@ -108,28 +108,26 @@ async def list_packets(
         created_after=as_utc(created_after),
         created_before=as_utc(created_before),
     )
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return await service.page(filters, limit=limit, offset=offset, cursor=cursor)
 
 
 @router.get("/awaiting", response_model=PacketPage)
 async def awaiting_packets(
     request: Request,
-    state: State,
     session: Session,
     caller: Caller,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> PacketPage:
     """Packets awaiting a human, oldest first."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return await service.awaiting(limit=limit, offset=offset)
 
 
 @router.get("/search", response_model=PacketPage)
 async def search_packets(
     request: Request,
-    state: State,
     session: Session,
     caller: Caller,
     q: Annotated[str, Query(min_length=2, max_length=512)],
@@ -142,25 +140,25 @@ async def search_packets(
     filters = PacketFilter(
         statuses=_statuses(status), priority=priority.value if priority else None
     )
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return await service.search(q, filters, limit=limit, offset=offset)
 
 
 @router.post("/batch", status_code=201, response_model=BatchCreated)
 async def batch_create(
-    body: BatchCreate, request: Request, state: State, session: Session, caller: Caller
+    body: BatchCreate, request: Request, session: Session, caller: Caller
 ) -> BatchCreated:
     """Create up to 50 packets; invalid ones are reported by index."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return await service.create_many(body.packets)
 
 
 @router.post("/batch/claim", response_model=BatchClaimed)
 async def batch_claim(
-    body: BatchClaim, request: Request, state: State, session: Session, caller: Caller
+    body: BatchClaim, request: Request, session: Session, caller: Caller
 ) -> BatchClaimed:
     """Claim several packets for one agent; failures are reported per id."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     claimant = PacketClaim(
         agent_id=body.agent_id, agent_name=body.agent_name, framework=body.framework
     )
@@ -170,10 +168,10 @@ async def batch_claim(
 
 @router.post("/batch/complete", response_model=BatchCompleted)
 async def batch_complete(
-    body: BatchComplete, request: Request, state: State, session: Session, caller: Caller
+    body: BatchComplete, request: Request, session: Session, caller: Caller
 ) -> BatchCompleted:
     """Complete several in-progress packets; failures are reported per id."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     done, errors = await service.complete_many(body.packet_ids)
     return BatchCompleted(
         completed=[to_read(packet) for packet in done],
@@ -186,11 +184,9 @@ async def batch_complete(
     response_model=PacketRead,
     responses={204: {"description": "No claimable packet matches"}},
 )
-async def claim_next(
-    body: ClaimNext, request: Request, state: State, session: Session, caller: Caller
-) -> Any:
+async def claim_next(body: ClaimNext, request: Request, session: Session, caller: Caller) -> Any:
     """Claim the oldest highest-priority claimable packet; 204 when none matches."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     packet = await claims.claim_next(service, body)
     if packet is None:
         return Response(status_code=204)
@@ -199,10 +195,10 @@ async def claim_next(
 
 @router.get("/{packet_id}", response_model=PacketRead)
 async def get_packet(
-    packet_id: uuid.UUID, request: Request, state: State, session: Session, caller: Caller
+    packet_id: uuid.UUID, request: Request, session: Session, caller: Caller
 ) -> PacketRead:
     """One packet."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return to_read(await service.load(packet_id))
 
 
@@ -211,21 +207,20 @@ async def update_packet(
     packet_id: uuid.UUID,
     body: PacketUpdate,
     request: Request,
-    state: State,
     session: Session,
     caller: Caller,
 ) -> PacketRead:
     """Change status (per the lifecycle table) and merge context, decisions, actions."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return to_read(await service.update(packet_id, body))
 
 
 @router.delete("/{packet_id}", status_code=204)
 async def delete_packet(
-    packet_id: uuid.UUID, request: Request, state: State, session: Session, caller: Caller
+    packet_id: uuid.UUID, request: Request, session: Session, caller: Caller
 ) -> Response:
     """Soft delete: the packet becomes expired."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     await service.delete(packet_id)
     return Response(status_code=204)
 
@@ -235,12 +230,11 @@ async def claim_packet(
     packet_id: uuid.UUID,
     body: PacketClaim,
     request: Request,
-    state: State,
     session: Session,
     caller: Caller,
 ) -> PacketRead:
     """Claim a packet: exactly one concurrent claimer wins; the others get 409."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return to_read(await claims.claim(service, packet_id, body))
 
 
@@ -249,21 +243,20 @@ async def respond_to_hitl(
     packet_id: uuid.UUID,
     body: HitlRespond,
     request: Request,
-    state: State,
     session: Session,
     caller: Caller,
 ) -> PacketRead:
     """A human answers a packet awaiting a human."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return to_read(await service.respond(packet_id, body))
 
 
 @router.get("/{packet_id}/history", response_model=History)
 async def packet_history(
-    packet_id: uuid.UUID, request: Request, state: State, session: Session, caller: Caller
+    packet_id: uuid.UUID, request: Request, session: Session, caller: Caller
 ) -> History:
     """Every event of a packet, oldest first."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return await service.history(packet_id)
 
 
@@ -272,10 +265,9 @@ async def chain_handoff(
     packet_id: uuid.UUID,
     body: Annotated[ChainRequest, Body()],
     request: Request,
-    state: State,
     session: Session,
     caller: Caller,
 ) -> PacketRead:
     """Hand off onward: a child packet that inherits the parent's conversation."""
-    service = _service(request, state, session, caller)
+    service = _service(request, session, caller)
     return to_read(await service.chain(packet_id, body))
