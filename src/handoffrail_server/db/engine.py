@@ -13,6 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
+from handoffrail_server.db.uow import limit_connections
+
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
@@ -44,7 +46,7 @@ def create_engine(
     if statement_cache_size == 0:
         # PgBouncer in transaction mode (Neon, Supabase pooled endpoints): no prepared statements.
         parsed = parsed.update_query_dict({"prepared_statement_cache_size": "0"})
-    return create_async_engine(
+    engine = create_async_engine(
         parsed,
         echo=echo,
         pool_size=pool_size,
@@ -54,6 +56,8 @@ def create_engine(
         pool_pre_ping=pre_ping,
         connect_args=connect_args,
     )
+    limit_connections(engine, pool_size, pool_timeout)
+    return engine
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
