@@ -38,9 +38,22 @@ def runtime_packages(uv: str, requirements: Path | None) -> list[str]:
     return names
 
 
+#: a parenthesised sub-expression (names may hold parentheses too: "... (MPL 2.0)" is a name)
+_GROUP = re.compile(r"\(([^()]*\s(?:OR|AND)\s[^()]*)\)")
+_SATISFIED, _REFUSED = "LicenseRef-satisfied", "LicenseRef-refused"
+
+
 def allowed(expression: str, allow: set[str]) -> bool:
-    """True when a license expression is satisfied by the allow-list (OR: any; AND: all)."""
-    alternatives = re.split(r";\s*|\s+OR\s+", expression.strip())
+    """True when a license expression is satisfied by the allow-list (OR: any; AND: all;
+    parenthesised groups first, e.g. "MPL-2.0 AND (Apache-2.0 OR MIT)")."""
+    expression = expression.strip()
+    if expression in allow:
+        return True
+    while match := _GROUP.search(expression):
+        value = _SATISFIED if allowed(match.group(1), allow) else _REFUSED
+        expression = expression[: match.start()] + value + expression[match.end() :]
+    allow = allow | {_SATISFIED}
+    alternatives = re.split(r";\s*|\s+OR\s+", expression)
     return any(
         all(part.strip() in allow for part in re.split(r"\s+AND\s+", alternative))
         for alternative in alternatives

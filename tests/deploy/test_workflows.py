@@ -9,6 +9,7 @@ import, a license off the allow-list.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -271,3 +272,29 @@ def test_license_gate_rejects_a_license_off_the_list(tmp_path: Path) -> None:
     result = run(python, str(script), "uv", str(allow), str(requirements))
     assert result.returncode == 1
     assert "fastapi" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("MIT", True),
+        ("GPL-3.0", False),
+        ("MIT OR GPL-3.0", True),
+        ("MIT AND GPL-3.0", False),
+        ("MPL-2.0 AND (Apache-2.0 OR MIT)", True),
+        ("MPL-2.0 AND (GPL-3.0 OR LGPL-3.0)", False),
+        ("(GPL-3.0 OR MIT) AND (BSD-3-Clause OR GPL-2.0)", True),
+        ("Mozilla Public License 2.0 (MPL 2.0)", True),  # parentheses inside a name
+        ("MIT; GPL-3.0", True),
+    ],
+)
+def test_license_expressions_are_evaluated_with_groups(expression: str, expected: bool) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "check_licenses", ROOT / ".github/scripts/check_licenses.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    allow = {"MIT", "MPL-2.0", "BSD-3-Clause", "Mozilla Public License 2.0 (MPL 2.0)"}
+    assert module.allowed(expression, allow) is expected
