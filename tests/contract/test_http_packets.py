@@ -450,6 +450,17 @@ async def test_claim_next_filters_by_target_tags_and_priority(api: Api) -> None:
     assert claimed["metadata"]["target_agent"]["id"] == "worker"
 
 
+async def test_claim_next_min_priority_takes_that_priority_and_above_only(api: Api) -> None:
+    await create_packet(api, priority="low")
+    normal = await create_packet(api, priority="normal")
+    high = await create_packet(api, priority="high")
+    critical = await create_packet(api, priority="critical")
+    taken = [await _claim_next(api, min_priority="high") for _ in range(3)]
+    assert taken == [critical["id"], high["id"], None]
+    assert await _claim_next(api, min_priority="normal") == normal["id"]
+    assert await _claim_next(api, min_priority="normal") is None
+
+
 async def test_claim_next_skips_deleted_and_claimed_packets(api: Api) -> None:
     gone = await create_packet(api, priority="critical")
     taken = await create_packet(api, priority="critical")

@@ -168,7 +168,7 @@ def _arguments(model: type[Base], row: dict[str, Any], keys: tuple[str, ...]) ->
     return [dump_json(row[key]) if key in json_columns else row[key] for key in keys]
 
 
-def _rows(objects: Sequence[Base]) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+def rows_of(objects: Sequence[Base]) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
     """(sorted keys, rows) of transient objects of one model, defaults filled in."""
     defaults = _defaults(type(objects[0]))
     rows = [{**defaults, **column_values(obj)} for obj in objects]
@@ -190,7 +190,7 @@ class Statement:
 def insert_statement(objects: Sequence[Base]) -> Statement:
     """One multi-row INSERT of transient objects of one model (unset columns: their default)."""
     model = type(objects[0])
-    keys, rows = _rows(objects)
+    keys, rows = rows_of(objects)
     args = [value for row in rows for value in _arguments(model, row, keys)]
     return Statement(_insert_sql(model, keys, len(rows)), tuple(args))
 
@@ -202,7 +202,7 @@ async def insert(
     if not objects:
         return
     model = type(objects[0])
-    keys, rows = _rows(objects)
+    keys, rows = rows_of(objects)
     statement = _insert_sql(model, keys)
     async with translated(session):
         if len(rows) == 1:
