@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handoffrail_server.db import fast
+from handoffrail_server.db import fast, fast_sqlite
 from handoffrail_server.db.models import ApiKey, Tenant
 
 # Built once: the per-request key lookup skips statement construction and ORM loading.
@@ -39,13 +39,38 @@ _PRINCIPAL_SQL = (
 )
 
 
+_SQLITE_PRINCIPAL_SQL = _PRINCIPAL_SQL.replace("$1", "?")
+_PRINCIPAL_COLUMNS = (
+    "id",
+    "key_prefix",
+    "tenant_id",
+    "role",
+    "is_operator",
+    "revoked_at",
+    "tenant_is_operator",
+    "tier",
+    "handoffs_per_day",
+    "max_api_keys",
+    "deleted_at",
+)
+
+
 async def principal_row(session: AsyncSession, key_hash: str) -> Any:
     """The key with this hash joined to its tenant (one round trip), revoked or not.
 
     Attribute access by column name (`row.tier`) on either backend."""
     driver = await fast.connection(session)
     if driver is None:
-        return (await session.execute(_PRINCIPAL, {"key_hash": key_hash})).one_or_none()
+        lite = await fast_sqlite.connection(session)
+        if lite is None:
+            return (await session.execute(_PRINCIPAL, {"key_hash": key_hash})).one_or_none()
+        # SQLite: one aiosqlite call; the columns are text, integers and timestamps only
+        # compared with None, so no result processing is needed
+        async with fast_sqlite.translated():
+            rows = await lite.execute_fetchall(_SQLITE_PRINCIPAL_SQL, (key_hash,))
+        return (
+            SimpleNamespace(**dict(zip(_PRINCIPAL_COLUMNS, rows[0], strict=True))) if rows else None
+        )
     async with fast.translated(session):
         record = await driver.fetchrow(_PRINCIPAL_SQL, key_hash)
     return None if record is None else SimpleNamespace(**dict(record))

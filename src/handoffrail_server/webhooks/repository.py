@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handoffrail_server.db import fast
+from handoffrail_server.db import fast, fast_sqlite
 from handoffrail_server.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 RETRYABLE = ("pending", "failed")
@@ -45,6 +45,7 @@ _ACTIVE_ENDPOINTS = select(WebhookEndpoint).where(
 
 
 _SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = $1 AND active"
+_SQLITE_SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = ? AND active"
 
 
 def subscribed_events(tenant_id: str) -> fast.Statement:
@@ -65,9 +66,14 @@ async def may_have_subscriber(session: AsyncSession, tenant_id: str, event_type:
     """False only when no active endpoint of the tenant wants `event_type` (cheap check first:
     most tenants have no endpoint, and every state change asks)."""
     driver = await fast.connection(session)
-    if driver is None:
+    if driver is not None:
+        return wants(await fast.fetch(session, driver, subscribed_events(tenant_id)), event_type)
+    lite = await fast_sqlite.connection(session)
+    if lite is None:
         return True
-    return wants(await fast.fetch(session, driver, subscribed_events(tenant_id)), event_type)
+    async with fast_sqlite.translated():
+        rows = await lite.execute_fetchall(_SQLITE_SUBSCRIBED_EVENTS_SQL, (tenant_id,))
+    return wants(({"events": row[0]} for row in rows), event_type)
 
 
 async def active_endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:
