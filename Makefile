@@ -56,7 +56,7 @@ test: lint typecheck security coverage ## Everything CI runs (.ci/run and ci.yml
 
 .PHONY: coverage
 coverage: install ## All tests with branch coverage (PostgreSQL and Redis included); summary to GitHub when there
-	$(BIN)/pytest --cov=handoffrail_server --cov-branch --cov-report=term:skip-covered -q
+	$(BIN)/pytest --cov=handoffrail_server --cov-branch --cov-report=term:skip-covered -q --durations=15
 	@if [ -n "$${GITHUB_STEP_SUMMARY:-}" ]; then \
 		$(BIN)/coverage report --format=markdown >> "$$GITHUB_STEP_SUMMARY"; fi
 
