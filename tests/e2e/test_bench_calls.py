@@ -1,0 +1,28 @@
+"""`python -m bench.calls` (the deterministic calls-per-request profile) runs and reports."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_calls_per_request_are_counted_for_a_lifecycle_on_sqlite() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.calls", "--scenario", "lifecycle", "--count", "12"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = completed.stdout
+    calls = re.search(r"python calls per operation: (\d+)", report)
+    assert calls is not None, report
+    assert int(calls.group(1)) > 1000  # four requests through the whole app, not a stub
+    assert re.search(r"^\s+[\d.]+\s+handoffrail_server$", report, re.MULTILINE), report
+    assert re.search(r"^\s+[\d.]+\s+fastapi$", report, re.MULTILINE), report
