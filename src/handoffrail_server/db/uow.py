@@ -24,17 +24,32 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-_sqlite_writers: weakref.WeakKeyDictionary[
-    AsyncEngine, tuple[asyncio.AbstractEventLoop, asyncio.Lock]
-] = weakref.WeakKeyDictionary()
+P = TypeVar("P", asyncio.Lock, asyncio.Semaphore)
+
+
+class _PerLoop(Generic[P]):
+    """One asyncio primitive per engine and event loop (tests run several loops in turn)."""
+
+    def __init__(self) -> None:
+        self._entries: weakref.WeakKeyDictionary[
+            AsyncEngine, tuple[asyncio.AbstractEventLoop, P]
+        ] = weakref.WeakKeyDictionary()
+
+    def get(self, engine: AsyncEngine, make: Callable[[], P]) -> P:
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(engine)
+        if entry is None or entry[0] is not loop:
+            entry = self._entries[engine] = (loop, make())
+        return entry[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +58,9 @@ class _Limit:
     timeout: float
 
 
+_sqlite_writers: _PerLoop[asyncio.Lock] = _PerLoop()
+_gates: _PerLoop[asyncio.Semaphore] = _PerLoop()
 _limits: weakref.WeakKeyDictionary[AsyncEngine, _Limit] = weakref.WeakKeyDictionary()
-_gates: weakref.WeakKeyDictionary[
-    AsyncEngine, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]
-] = weakref.WeakKeyDictionary()
 #: the task holding a slot; tasks it spawns inherit the variable but are other tasks
 _slot_holder: ContextVar[asyncio.Task[object] | None] = ContextVar(
     "handoffrail_uow_slot_holder", default=None
@@ -61,11 +75,7 @@ def limit_connections(engine: AsyncEngine, connections: int, timeout: float) -> 
 def _writer_lock(bind: object) -> asyncio.Lock | None:
     if not isinstance(bind, AsyncEngine) or bind.dialect.name != "sqlite":
         return None
-    loop = asyncio.get_running_loop()
-    entry = _sqlite_writers.get(bind)
-    if entry is None or entry[0] is not loop:
-        entry = _sqlite_writers[bind] = (loop, asyncio.Lock())
-    return entry[1]
+    return _sqlite_writers.get(bind, asyncio.Lock)
 
 
 def _gate(bind: object) -> tuple[asyncio.Semaphore, float] | None:
@@ -77,11 +87,7 @@ def _gate(bind: object) -> tuple[asyncio.Semaphore, float] | None:
     limit = _limits.get(bind)
     if limit is None:
         return None
-    loop = asyncio.get_running_loop()
-    entry = _gates.get(bind)
-    if entry is None or entry[0] is not loop:
-        entry = _gates[bind] = (loop, asyncio.Semaphore(limit.connections))
-    return entry[1], limit.timeout
+    return _gates.get(bind, lambda: asyncio.Semaphore(limit.connections)), limit.timeout
 
 
 @asynccontextmanager

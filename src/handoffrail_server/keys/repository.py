@@ -5,54 +5,35 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.db import fast, fast_sqlite
-from handoffrail_server.db.models import ApiKey, Tenant
+from handoffrail_server.db.models import ApiKey
 
-# Built once: the per-request key lookup skips statement construction and ORM loading.
-_PRINCIPAL = (
-    select(
-        ApiKey.id,
-        ApiKey.key_prefix,
-        ApiKey.tenant_id,
-        ApiKey.role,
-        ApiKey.is_operator,
-        ApiKey.revoked_at,
-        Tenant.is_operator.label("tenant_is_operator"),
-        Tenant.tier,
-        Tenant.handoffs_per_day,
-        Tenant.max_api_keys,
-        Tenant.deleted_at,
-    )
-    .join(Tenant, Tenant.id == ApiKey.tenant_id)
-    .where(ApiKey.key_hash == bindparam("key_hash"))
+# The key and its tenant in one query, written once for both drivers.
+_PRINCIPAL_FIELDS = (
+    "api_key.id",
+    "api_key.key_prefix",
+    "api_key.tenant_id",
+    "api_key.role",
+    "api_key.is_operator",
+    "api_key.revoked_at",
+    "tenant.is_operator AS tenant_is_operator",
+    "tenant.tier",
+    "tenant.handoffs_per_day",
+    "tenant.max_api_keys",
+    "tenant.deleted_at",
 )
-
-
+#: result column names, in order (`tenant_is_operator`, not `is_operator` twice)
+_PRINCIPAL_COLUMNS = tuple(
+    field.rsplit(" ", 1)[-1].rsplit(".", 1)[-1] for field in _PRINCIPAL_FIELDS
+)
 _PRINCIPAL_SQL = (
-    "SELECT api_key.id, api_key.key_prefix, api_key.tenant_id, api_key.role, "
-    "api_key.is_operator, api_key.revoked_at, tenant.is_operator AS tenant_is_operator, "
-    "tenant.tier, tenant.handoffs_per_day, tenant.max_api_keys, tenant.deleted_at "
+    f"SELECT {', '.join(_PRINCIPAL_FIELDS)} "  # noqa: S608  # nosec B608 - fixed identifiers, bound values
     "FROM api_key JOIN tenant ON tenant.id = api_key.tenant_id WHERE api_key.key_hash = $1"
 )
-
-
 _SQLITE_PRINCIPAL_SQL = _PRINCIPAL_SQL.replace("$1", "?")
-_PRINCIPAL_COLUMNS = (
-    "id",
-    "key_prefix",
-    "tenant_id",
-    "role",
-    "is_operator",
-    "revoked_at",
-    "tenant_is_operator",
-    "tier",
-    "handoffs_per_day",
-    "max_api_keys",
-    "deleted_at",
-)
 
 
 async def principal_row(session: AsyncSession, key_hash: str) -> Any:
@@ -62,8 +43,7 @@ async def principal_row(session: AsyncSession, key_hash: str) -> Any:
     driver = await fast.connection(session)
     if driver is None:
         lite = await fast_sqlite.connection(session)
-        if lite is None:
-            return (await session.execute(_PRINCIPAL, {"key_hash": key_hash})).one_or_none()
+        assert lite is not None  # PostgreSQL or SQLite
         # SQLite: one aiosqlite call; the columns are text, integers and timestamps only
         # compared with None, so no result processing is needed
         async with fast_sqlite.translated():

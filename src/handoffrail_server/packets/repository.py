@@ -371,13 +371,15 @@ async def claim_candidates(
 ) -> list[Packet]:
     """Oldest highest-priority claimable packets (PostgreSQL skips rows locked by others)."""
     driver = await fast.connection(session)
-    if driver is not None and len(statuses) == 1:
+    if driver is not None:
         # The claimable index has this ORDER BY, so its first unlocked row is the answer. When
         # the statistics lag behind a fast-growing queue (autoanalyze has not run yet, "1 row"
         # estimated), the planner prefers another index and sorts the whole queue on every
         # claim (tens of ms at 10k+ rows). Sorting is never the better plan here.
         async with fast.translated(session):
             await driver.execute("SET LOCAL enable_sort = off")
+    if driver is not None and len(statuses) == 1:
+        async with fast.translated(session):
             records = await driver.fetch(
                 pg_candidates_sql(),
                 tenant_id,
@@ -400,8 +402,6 @@ async def claim_candidates(
     )
     if driver is not None:
         query = query.with_for_update(skip_locked=True)
-        async with fast.translated(session):
-            await driver.execute("SET LOCAL enable_sort = off")
     return list((await session.execute(query)).scalars())
 
 

@@ -69,8 +69,7 @@ async def may_have_subscriber(session: AsyncSession, tenant_id: str, event_type:
     if driver is not None:
         return wants(await fast.fetch(session, driver, subscribed_events(tenant_id)), event_type)
     lite = await fast_sqlite.connection(session)
-    if lite is None:
-        return True
+    assert lite is not None  # PostgreSQL or SQLite
     async with fast_sqlite.translated():
         rows = await lite.execute_fetchall(_SQLITE_SUBSCRIBED_EVENTS_SQL, (tenant_id,))
     return wants(({"events": row[0]} for row in rows), event_type)
