@@ -130,15 +130,13 @@ class RateLimiter:
     ) -> Decision:
         allowed = await strategy.hit(item, *identifiers)
         stats = await strategy.get_window_stats(item, *identifiers)
-        reset_after = stats.reset_time - time.time()
         window = int(item.get_expiry())
-        if not math.isfinite(reset_after) or reset_after < 0:
-            reset_after = 0
+        remaining = max(0, stats.remaining)
         return Decision(
             allowed=allowed,
             limit=item.amount,
-            remaining=max(0, stats.remaining),
-            reset_after=min(window, math.ceil(reset_after)),
+            remaining=remaining,
+            reset_after=reset_after(stats.reset_time - time.time(), window, remaining),
             window=window,
         )
 
@@ -157,3 +155,13 @@ async def _close(storage: Storage) -> None:
             await close()
         except Exception:  # closing a broken connection is best effort
             return
+
+
+def reset_after(seconds: float, window: int, remaining: int) -> int:
+    """Whole seconds until capacity frees, within (0, window] while none is left.
+
+    `limits` computes the sliding window's reset as `expires_in % expiry`, which is 0 at the
+    exact window boundary, where capacity in fact frees a whole window later."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return window if remaining == 0 else 0
+    return min(window, math.ceil(seconds))
