@@ -18,6 +18,7 @@ from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import Packet, PacketEvent, PacketTag, Tenant
 from handoffrail_server.db.rows import insert_rows, transient
 from handoffrail_server.db.uow import unit_of_work
+from tests.conftest import Api, packet_body
 
 NOW = datetime(2026, 11, 26, 4, 30, 1, 123456, tzinfo=UTC)
 
@@ -142,3 +143,121 @@ async def test_driver_errors_surface_as_sqlalchemy_errors(
         await _insert(sessions, packet, packet)  # same primary key twice
     with pytest.raises(sa_exc.IntegrityError):
         await _insert(sessions, event)  # no such packet: foreign key
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_run_writes_then_queries_and_stops_at_the_first_failure(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    first, second = _packet(), _packet()
+    count = fast_sqlite.Statement("SELECT count(*) FROM packet WHERE tenant_id = ?", [("t1",)])
+    async with unit_of_work(sessions) as session:
+        driver = await fast_sqlite.connection(session)
+        writes = [fast_sqlite.insert_statement(session, [first])]
+        assert await fast_sqlite.run(driver, writes, count) == [(1,)]
+        failing = [
+            fast_sqlite.insert_statement(session, [first]),  # duplicate key: stops here
+            fast_sqlite.insert_statement(session, [second]),
+        ]
+        async with session.begin_nested():
+            inner = await fast_sqlite.connection(session)
+            with pytest.raises(sa_exc.IntegrityError):
+                await fast_sqlite.run(inner, failing)
+    async with unit_of_work(sessions) as session:
+        ids = (await session.execute(text("SELECT id FROM packet"))).scalars().all()
+    assert ids == [first.id.hex]
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> list[str]:
+    seen: list[str] = []
+    original = getattr(target, name)
+
+    def counting(self: Any, fn: Any = None, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", name))
+        if fn is None:
+            return original(self)
+        return original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(target, name, counting)
+    return seen
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_committed_unit_of_work_is_not_rolled_back_again_on_return(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
+
+    rollbacks = _count_calls(monkeypatch, AsyncAdapt_aiosqlite_connection, "rollback")
+    async with unit_of_work(sessions) as session:
+        await _row_count(session)
+    assert rollbacks == []
+    with pytest.raises(RuntimeError):
+        await _count_then_fail(sessions)
+    assert rollbacks == ["rollback"]  # the failed one, once
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_transaction_left_open_on_a_pooled_connection_is_undone(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    stray = _packet()
+    engine = sessions.kw["bind"]
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        # as if a cancelled caller's statements ran in the driver's thread after it left
+        await driver.execute("BEGIN")
+        await driver.execute_fetchall(*_insert_sql_of(stray))
+        assert fast_sqlite.needs_rollback(raw.dbapi_connection)
+    async with unit_of_work(sessions) as session:
+        assert await _row_count(session) == 0
+    # the reset check ran before the stray transaction began: `BEGIN IMMEDIATE` undoes it
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+    await driver.execute("BEGIN")  # on the connection now back in the pool (the only one)
+    await driver.execute_fetchall(*_insert_sql_of(stray))
+    async with unit_of_work(sessions) as session:
+        assert await _row_count(session) == 0
+
+
+async def _count_then_fail(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with unit_of_work(sessions) as session:
+        await _row_count(session)
+        raise RuntimeError("the request failed")
+
+
+async def _row_count(session: AsyncSession) -> int:
+    return int((await session.execute(text("SELECT count(*) FROM packet"))).scalar_one())
+
+
+def _insert_sql_of(packet: Packet) -> tuple[str, tuple[Any, ...]]:
+    return (
+        "INSERT INTO packet (id, tenant_id, version, status, priority, priority_rank,"
+        " source_agent_id, target_agent_id, metadata, context, decisions, actions, dependencies,"
+        " search_text, row_version, created_at, updated_at)"
+        " VALUES (?, 't1', '1.0.0', 'created', 'high', 2, 'a', 'b', '{}', '{}', '[]', '{}', '[]',"
+        " 's', 1, '2026-11-26 04:30:01', '2026-11-26 04:30:01')",
+        (packet.id.hex,),
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_create_takes_four_trips_to_the_driver_thread(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiosqlite
+
+    _tenant, key = await api.new_tenant_admin("business")  # no daily handoff counter
+    body = packet_body()
+    for _ in range(2):  # the agents registered, then remembered as registered
+        warm = await api.client.post("/api/v1/packets", json=body, headers=api.headers(key))
+        assert warm.status_code == 201, warm.text
+    hops = _count_calls(monkeypatch, aiosqlite.Connection, "_execute")
+    response = await api.client.post("/api/v1/packets", json=body, headers=api.headers(key))
+    assert response.status_code == 201, response.text
+    # BEGIN IMMEDIATE, the key lookup, every write of the change in one go, COMMIT
+    assert hops == ["_begin_immediate", "_execute_fetchall", "_run_in_thread", "commit"]

@@ -1,11 +1,12 @@
 """Raw inserts on the aiosqlite connection of the session's transaction (SQLite).
 
 SQLAlchemy's aiosqlite adapter sends every statement through aiosqlite's worker thread in
-several hops (cursor, execute, fetch, close), each a queue hand-over and a GIL switch: ~50 hops
-for one packet create, more CPU than the statements themselves. The fixed inserts of a state
-change (packet, tags, history event) go here as one `execute_fetchall` / `executemany` call
-each, on the connection and transaction the session already holds, so they commit or roll back
-(savepoints included) with everything else.
+several hops (cursor, execute, fetch, close), each a queue hand-over and a GIL switch (~45 µs
+of CPU), more than the statements themselves cost. The fixed statements of a state change
+(packet, tags, history event, stream event, the webhook-subscriber lookup) go here as one
+function run in that thread (`run`: one hop for all of them), on the connection and
+transaction the session already holds, so they commit or roll back (savepoints included) with
+everything else.
 
 Values are converted by the column types' own bind processors (UUIDs as hex, datetimes as
 SQLite text, JSON through the dialect's serializer), so the rows are byte for byte what a
@@ -16,8 +17,9 @@ Driver errors are re-raised as SQLAlchemy's classes for the problem handlers.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -25,6 +27,7 @@ from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util import await_
 
 from handoffrail_server.db.base import Base
 from handoffrail_server.db.fast import rows_of
@@ -58,8 +61,8 @@ def _processors(
     return tuple(table.columns[key].type.bind_processor(dialect) for key in keys)
 
 
-@asynccontextmanager
-async def translated() -> AsyncIterator[None]:
+@contextmanager
+def translating() -> Iterator[None]:
     """Re-raise sqlite3 errors as SQLAlchemy's (as its own adapter would)."""
     try:
         yield
@@ -71,10 +74,23 @@ async def translated() -> AsyncIterator[None]:
         raise sa_exc.DBAPIError(None, None, error) from error
 
 
-async def insert(session: AsyncSession, driver: Any, objects: Sequence[Base]) -> None:
-    """INSERT transient ORM objects of one model in one call (unset columns: their default)."""
-    if not objects:
-        return
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """`translating` around awaited driver calls."""
+    with translating():
+        yield
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement with `?` placeholders, run once per parameter tuple."""
+
+    sql: str
+    parameters: Sequence[tuple[Any, ...]] = ((),)
+
+
+def insert_statement(session: AsyncSession, objects: Sequence[Base]) -> Statement:
+    """The INSERT of transient ORM objects of one model (unset columns: their default)."""
     model = type(objects[0])
     keys, rows = rows_of(objects)
     processors = _processors(model, session.get_bind().dialect, keys)
@@ -85,9 +101,61 @@ async def insert(session: AsyncSession, driver: Any, objects: Sequence[Base]) ->
         )
         for row in rows
     ]
-    sql = _insert_sql(model, keys)
-    async with translated():
-        if len(parameters) == 1:
-            await driver.execute_fetchall(sql, parameters[0])
+    return Statement(_insert_sql(model, keys), parameters)
+
+
+def _run_in_thread(
+    connection: sqlite3.Connection, writes: Sequence[Statement], query: Statement | None
+) -> list[Any]:
+    for statement in writes:
+        if len(statement.parameters) == 1:
+            connection.execute(statement.sql, statement.parameters[0])
         else:
-            await driver.executemany(sql, parameters)
+            connection.executemany(statement.sql, statement.parameters)
+    if query is None:
+        return []
+    return connection.execute(query.sql, query.parameters[0]).fetchall()
+
+
+async def run(
+    driver: Any, writes: Sequence[Statement], query: Statement | None = None
+) -> list[Any]:
+    """Run `writes`, then `query`, in one hop to the connection's thread; the query's rows.
+
+    aiosqlite runs every call of a connection in that connection's own thread, in order; this
+    hands it one function (its `_execute`, what its public methods use) instead of a call per
+    statement. A failing statement stops the rest; the transaction decides what stays.
+    """
+    with translating():
+        rows: list[Any] = await driver._execute(_run_in_thread, driver._conn, writes, query)
+    return rows
+
+
+async def insert(session: AsyncSession, driver: Any, objects: Sequence[Base]) -> None:
+    """INSERT transient ORM objects of one model in one call (unset columns: their default)."""
+    if objects:
+        await run(driver, [insert_statement(session, objects)])
+
+
+def _begin_immediate(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:  # left open by a call whose caller was cancelled meanwhile
+        connection.rollback()
+    connection.execute("BEGIN IMMEDIATE")
+
+
+def begin_immediate(adapted: Any) -> None:
+    """`BEGIN IMMEDIATE` on SQLAlchemy's aiosqlite connection adapter, from its `begin` event
+    (sync code in SQLAlchemy's greenlet): one hop instead of three (cursor, execute, close)."""
+    driver = adapted._connection  # the aiosqlite connection inside the adapter
+    with translating():
+        await_(driver._execute(_begin_immediate, driver._conn))
+
+
+def needs_rollback(adapted: Any) -> bool:
+    """Whether the connection is inside a transaction (read without a hop to its thread).
+
+    A pooled connection is reset (rolled back) on its return even after a commit, one more hop
+    per unit of work; the pool's `reset` event asks this first. A transaction a cancelled call
+    opens later in the thread is rolled back by the next `begin_immediate`."""
+    connection: sqlite3.Connection | None = adapted._connection._connection
+    return connection is not None and connection.in_transaction

@@ -105,28 +105,17 @@ class Change:
     webhook_event: str | None = None
 
 
-async def write_change(session: AsyncSession, change: Change) -> bool | None:
-    """Write a change in the caller's transaction.
+async def write_change(session: AsyncSession, change: Change) -> bool:
+    """Write a change in the caller's transaction; True when a webhook endpoint of the tenant
+    may want `webhook_event`.
 
     PostgreSQL: one statement (data-modifying CTEs: packet, tags, event, stream event; the
-    subscribed-webhook lookup as its query) instead of five round trips; returns whether an
-    endpoint may want `webhook_event`. SQLite: one write after another; returns None (unknown).
+    subscribed-webhook lookup as its query) instead of five round trips. SQLite: the same
+    statements one after another in one hop to the driver's thread.
     """
     driver = await fast.connection(session)
     if driver is None:
-        lite = await fast_sqlite.connection(session)
-        assert lite is not None  # PostgreSQL or SQLite
-        if change.created is not None:
-            packet = change.created
-            await fast_sqlite.insert(session, lite, [packet])
-            tag_rows = [
-                transient(PacketTag, packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id)
-                for tag in dict.fromkeys(change.tags)
-            ]
-            await fast_sqlite.insert(session, lite, tag_rows)
-        await fast_sqlite.insert(session, lite, [change.event])
-        await stream_log.append(session, change.stream_event)
-        return None
+        return await _write_change_sqlite(session, change)
     writes: list[fast.Statement] = []
     if change.created is not None:
         packet = change.created
@@ -142,6 +131,29 @@ async def write_change(session: AsyncSession, change: Change) -> bool | None:
     query = webhook_rows.subscribed_events(change.event.tenant_id)
     rows = await fast.fetch(session, driver, fast.together(writes, query))
     return webhook_rows.wants(rows, change.webhook_event)
+
+
+async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
+    lite = await fast_sqlite.connection(session)
+    assert lite is not None  # PostgreSQL or SQLite
+    writes: list[fast_sqlite.Statement] = []
+    if change.created is not None:
+        packet = change.created
+        writes.append(fast_sqlite.insert_statement(session, [packet]))
+        tag_rows = [
+            transient(PacketTag, packet_id=packet.id, tag=tag, tenant_id=packet.tenant_id)
+            for tag in dict.fromkeys(change.tags)
+        ]
+        if tag_rows:
+            writes.append(fast_sqlite.insert_statement(session, tag_rows))
+    writes.append(fast_sqlite.insert_statement(session, [change.event]))
+    writes.append(stream_log.sqlite_insert(session, change.stream_event))
+    if change.webhook_event is None:
+        await fast_sqlite.run(lite, writes)
+        return False
+    query = webhook_rows.sqlite_subscribed_events(change.event.tenant_id)
+    rows = await fast_sqlite.run(lite, writes, query)
+    return webhook_rows.wants(({"events": row[0]} for row in rows), change.webhook_event)
 
 
 _GET = (

@@ -3,8 +3,9 @@
 Readers remember the last id they delivered (a live stream, or a client resuming with
 Last-Event-ID), so a reader must never be shown an id while a smaller one can still commit.
 
-- SQLite serialises writers, so autoincrement ids already follow commit order; events are
-  queued on the session and inserted just before commit.
+- SQLite: a write transaction holds the database's single write lock from its first write
+  (every transaction here starts with `BEGIN IMMEDIATE`) until it ends, so autoincrement ids
+  already follow commit order; events are inserted at once.
 - PostgreSQL: an event's id is `xid8 * 4096 + n` (`pg_current_xact_id()` of the writing
   transaction, `n` its position in that transaction), and a reader only takes ids below
   `pg_snapshot_xmin(pg_current_snapshot()) * 4096`, evaluated in the same statement: every
@@ -25,18 +26,14 @@ from sqlalchemy import (
     ColumnElement,
     Text,
     delete,
-    event,
     func,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
 
-from handoffrail_server.db import fast
+from handoffrail_server.db import fast, fast_sqlite
 from handoffrail_server.db.models import StreamEvent
 
-#: session.info key holding events to insert at commit
-PENDING_KEY = "handoffrail.stream_pending"
 #: session.info key: (outermost transaction, stream positions used in it) on PostgreSQL
 POSITION_KEY = "handoffrail.stream_position"
 #: events one transaction may write on PostgreSQL (ids are `xid8 * XID_SPAN + n`)
@@ -100,11 +97,16 @@ def pg_insert(session: AsyncSession, event: StreamEvent) -> fast.Statement:
     )
 
 
-async def append(session: AsyncSession, event: StreamEvent) -> None:
-    """Write one event in the caller's transaction.
+def sqlite_insert(session: AsyncSession, event: StreamEvent) -> fast_sqlite.Statement:
+    """The INSERT of `event` on SQLite (its id: the next autoincrement value)."""
+    return fast_sqlite.insert_statement(session, [event])
 
-    PostgreSQL: inserted at once, numbered from the transaction's xid (a savepoint rollback
-    removes it with everything else). SQLite: queued and inserted at commit.
+
+async def append(session: AsyncSession, event: StreamEvent) -> None:
+    """Write one event in the caller's transaction (a savepoint rollback removes it with
+    everything else).
+
+    PostgreSQL: numbered from the transaction's xid. SQLite: the next autoincrement id.
     """
     driver = await fast.connection(session)
     if driver is not None:
@@ -112,42 +114,9 @@ async def append(session: AsyncSession, event: StreamEvent) -> None:
         async with fast.translated(session):
             await driver.execute(statement.sql, *statement.args)
         return
-    sync = session.sync_session
-    owner = sync.get_nested_transaction() or sync.get_transaction()
-    session.info.setdefault(PENDING_KEY, []).append((event, owner))
-
-
-@event.listens_for(Session, "before_commit")
-def _write_pending(session: Session) -> None:
-    if session.in_nested_transaction():
-        return  # a savepoint is released: events are written once, at the outermost commit
-    pending: list[tuple[StreamEvent, SessionTransaction | None]] | None = session.info.pop(
-        PENDING_KEY, None
-    )
-    if not pending:
-        return
-    session.add_all([item for item, _owner in pending])
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
-    """Forget events queued in the rolled-back transaction or savepoint (and inside it)."""
-    pending = session.info.get(PENDING_KEY)
-    if not pending:
-        return
-
-    def inside(owner: SessionTransaction | None) -> bool:
-        while owner is not None:
-            if owner is previous_transaction:
-                return True
-            owner = owner.parent
-        return False
-
-    kept = [(item, owner) for item, owner in pending if not inside(owner)]
-    if kept:
-        session.info[PENDING_KEY] = kept
-    else:
-        session.info.pop(PENDING_KEY, None)
+    lite = await fast_sqlite.connection(session)
+    assert lite is not None  # PostgreSQL or SQLite
+    await fast_sqlite.run(lite, [sqlite_insert(session, event)])
 
 
 async def since(session: AsyncSession, tenant_id: str, after_id: int, limit: int) -> EventBatch:

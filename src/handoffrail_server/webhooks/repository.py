@@ -53,6 +53,11 @@ def subscribed_events(tenant_id: str) -> fast.Statement:
     return fast.Statement(_SUBSCRIBED_EVENTS_SQL, (tenant_id,))
 
 
+def sqlite_subscribed_events(tenant_id: str) -> fast_sqlite.Statement:
+    """SQLite: `subscribed_events`."""
+    return fast_sqlite.Statement(_SQLITE_SUBSCRIBED_EVENTS_SQL, [(tenant_id,)])
+
+
 def wants(rows: Iterable[Any], event_type: str) -> bool:
     """True when one of the `subscribed_events` rows subscribes to `event_type`."""
     for row in rows:
@@ -70,8 +75,7 @@ async def may_have_subscriber(session: AsyncSession, tenant_id: str, event_type:
         return wants(await fast.fetch(session, driver, subscribed_events(tenant_id)), event_type)
     lite = await fast_sqlite.connection(session)
     assert lite is not None  # PostgreSQL or SQLite
-    async with fast_sqlite.translated():
-        rows = await lite.execute_fetchall(_SQLITE_SUBSCRIBED_EVENTS_SQL, (tenant_id,))
+    rows = await fast_sqlite.run(lite, [], sqlite_subscribed_events(tenant_id))
     return wants(({"events": row[0]} for row in rows), event_type)
 
 
