@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from handoffrail_server.observability.logging import redact
+from handoffrail_server.observability.logging import console_colors, redact
 
 KEY = "hr_" + "A1b2C3d4E5f6G7h8I9j0K_-z"
 
@@ -36,3 +36,29 @@ def test_each_value_is_scrubbed(field: str, value: Any, logged: Any) -> None:
 
 def test_the_event_text_itself_is_scrubbed() -> None:
     assert redact(None, "info", {"event": f"bad key {KEY}"})["event"] == "bad key hr_***"
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(
+    ("tty", "environ", "expected"),
+    [
+        (True, {}, True),
+        (False, {}, False),  # a pipe, a file, `docker logs`: no escape codes
+        (True, {"NO_COLOR": "1"}, False),
+        (False, {"FORCE_COLOR": "1"}, True),
+        (True, {"NO_COLOR": "1", "FORCE_COLOR": "1"}, False),
+        (True, {"NO_COLOR": ""}, True),  # set but empty does not count (no-color.org)
+    ],
+)
+def test_console_colours_only_for_a_terminal(
+    tty: bool, environ: dict[str, str], expected: bool
+) -> None:
+    assert console_colors(_Stream(tty), environ) is expected
+    assert console_colors(object(), environ) is (expected and "FORCE_COLOR" in environ)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
 
@@ -77,6 +78,17 @@ def _json_line(event_dict: Any, **kwargs: Any) -> str:
         return json.dumps(event_dict, **kwargs)
 
 
+def console_colors(stream: Any, environ: Mapping[str, str]) -> bool:
+    """ANSI colours in development logs only for a terminal: a file, a pipe or `docker logs`
+    gets plain text. `NO_COLOR` (no-color.org) turns them off, `FORCE_COLOR` on."""
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("FORCE_COLOR"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
 def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
     """Configure structlog and the stdlib root logger once per process."""
     numeric = logging.getLevelName(level.upper())
@@ -93,7 +105,10 @@ def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_json_line)
         if json_logs
-        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        else structlog.dev.ConsoleRenderer(
+            colors=console_colors(sys.stderr, os.environ),
+            exception_formatter=structlog.dev.plain_traceback,
+        )
     )
     structlog.configure(
         processors=[*processors, renderer],
