@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import structlog
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from handoffrail_server.infra import keys
 from handoffrail_server.realtime.broker import PUBLISH_LINGER_SECONDS, Broker
-from tests.conftest import REDIS_TEST_URL, require_redis
+from tests.conftest import REDIS_TEST_URL, free_port, require_redis
 
 
 @pytest.fixture
@@ -87,3 +91,27 @@ async def test_other_instances_wake_and_own_publishes_are_skipped(redis_client: 
     finally:
         await writer.stop()
         await reader.stop()
+
+
+async def test_an_outage_is_logged_once_and_its_end_once(redis_client: Redis) -> None:
+    prefix = f"test-broker-{uuid.uuid4().hex[:8]}"
+    broker = Broker(redis_client, prefix)
+    healthy = broker._redis  # put back after the outage
+    # nothing listens there; no retries, so each publish round fails at once
+    broker._redis = Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(5):  # five publish rounds, each failing
+                await broker.notify("tenant-a")
+                await asyncio.sleep(PUBLISH_LINGER_SECONDS * 3)
+            await broker.stop()
+            await broker._redis.aclose()
+            broker._redis = healthy
+            await broker.notify("tenant-a")
+            await broker.stop()
+    finally:
+        structlog.configure(**saved)
+    events = [entry["event"] for entry in logs]
+    assert events == ["stream.publish_failed", "stream.publish_recovered"], events

@@ -41,6 +41,8 @@ class Broker:
         self._publisher: asyncio.Task[None] | None = None
         #: sent as the message, so the listener can skip this instance's own publishes
         self._origin = uuid.uuid4().hex
+        #: publishes are failing (logged once when that starts and once when it ends)
+        self._publish_failing = False
 
     def _wake_local(self, tenant_id: str) -> None:
         event = self._events.get(tenant_id)
@@ -73,7 +75,13 @@ class Broker:
                         pipe.publish(keys.stream_channel(self._prefix, tenant_id), self._origin)
                     await pipe.execute()
             except Exception as exc:  # readers fall back to polling; never fail the writer
-                log.warning("stream.publish_failed", error=type(exc).__name__)
+                if not self._publish_failing:  # once per outage, not every round
+                    log.warning("stream.publish_failed", error=type(exc).__name__)
+                self._publish_failing = True
+            else:
+                if self._publish_failing:
+                    log.info("stream.publish_recovered")
+                self._publish_failing = False
 
     async def wait(self, tenant_id: str, max_wait: float) -> None:
         """Return when `tenant_id` may have new events, or after `max_wait` seconds."""
