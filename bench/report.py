@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 ORIGINAL_SQLITE_CREATES_PER_S = 85.0  # the original server's figure (issue 10)
+SQLITE_TARGET_RATIO = 0.1  # issue 10: 5 x the original, "~0.1 x a raw SQLite insert ceiling"
 
 
 @dataclass(frozen=True)
@@ -211,10 +212,14 @@ def targets(report: Report) -> list[str]:
     sqlite_rows = [row for row in report.rows if row.server == "sqlite x1"]
     if sqlite_rows:
         best = max(sqlite_rows, key=lambda row: row.ops_per_s)
+        # The issue's bar is 5 x the original's ~85/s, "~0.1 x a raw SQLite insert ceiling":
+        # judged by the ratio, since absolute rates drift with the VM between days.
         check(
-            f"SQLite create >= 5 x original ({5 * ORIGINAL_SQLITE_CREATES_PER_S:.0f}/s)",
-            best.ops_per_s >= 5 * ORIGINAL_SQLITE_CREATES_PER_S,
-            f"{best.ops_per_s:.0f}/s = {fmt(best.ratio, 3)} x raw SQLite ceiling",
+            f"SQLite create >= {SQLITE_TARGET_RATIO} x raw SQLite ceiling (~5 x original)",
+            best.ratio is not None and best.ratio >= SQLITE_TARGET_RATIO,
+            f"{fmt(best.ratio, 3)} ({best.ops_per_s:.0f}/s = "
+            f"{best.ops_per_s / ORIGINAL_SQLITE_CREATES_PER_S:.1f} x the original's "
+            f"{ORIGINAL_SQLITE_CREATES_PER_S:.0f}/s in absolute terms)",
         )
     rss = [
         value
