@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -504,7 +504,7 @@ async def scenario_webhook(spec: dict[str, Any]) -> dict[str, Any]:
     return summary(run, len(run.latencies), wall, cpu)
 
 
-SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+SCENARIOS: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]] = {
     "post": scenario_post,
     "lifecycle": scenario_lifecycle,
     "race": scenario_race,
@@ -518,14 +518,14 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    runner: Callable[[Awaitable[dict[str, Any]]], dict[str, Any]] = asyncio.run  # type: ignore[assignment]
+    scenario = SCENARIOS[spec["scenario"]](spec)
+    result: dict[str, Any]
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:
-        pass
-    result = runner(SCENARIOS[spec["scenario"]](spec))
+        result = asyncio.run(scenario)
+    else:
+        result = uvloop.run(scenario)
     result["pid"] = os.getpid()
     sys.stdout.write(json.dumps(result) + "\n")
 

@@ -25,7 +25,7 @@ async def test_missing_api_key_is_401_problem_with_missing_key_code(api: Api) ->
     ids=["garbage", "well-formed-unknown", "short", "long", "blank", "non-ascii"],
 )
 async def test_unknown_or_malformed_api_key_is_401_invalid_key(api: Api, key: str) -> None:
-    response = await api.client.get(f"{P}/packets", headers={"X-API-Key": key.encode()})
+    response = await api.client.get(f"{P}/packets", headers={b"X-API-Key": key.encode()})
     body = assert_problem(response, 401)
     assert body["code"] in {"auth.invalid_key", "auth.missing_key"}
     if body["code"] == "auth.invalid_key":
@@ -238,7 +238,7 @@ async def test_sane_request_id_is_echoed_on_success_and_error(api: Api) -> None:
 async def test_insane_request_id_is_replaced(api: Api, incoming: str) -> None:
     response = await api.client.get(
         f"{P}/packets",
-        headers={**api.headers(), "X-Request-ID": incoming.encode()},
+        headers=[(b"X-API-Key", api.operator_key.encode()), (b"X-Request-ID", incoming.encode())],
     )
     echoed = response.headers["x-request-id"]
     assert echoed != incoming

@@ -286,7 +286,7 @@ async def test_auth_failures_are_throttled_per_client_ip(db: Db) -> None:
 
 async def test_two_app_instances_on_one_redis_share_one_budget(db: Db) -> None:
     require_redis()
-    shared = {
+    shared: dict[str, Any] = {
         "redis_url": REDIS_TEST_URL,
         "redis_prefix": f"hrtest-{uuid.uuid4().hex[:12]}",
         "rate_limit_per_minute": 4,
@@ -379,7 +379,8 @@ async def test_refused_packets_do_not_consume_the_quota(
 ) -> None:
     api, _ = quota_api
     _, key = await api.new_tenant_admin(tier="free")
-    for bad in ({"context": {}}, {"metadata": {}, "context": {"summary": "x"}}):
+    bads: list[dict[str, Any]] = [{"context": {}}, {"metadata": {}, "context": {"summary": "x"}}]
+    for bad in bads:
         response = await api.client.post(f"{P}/packets", json=bad, headers=api.headers(key))
         assert_problem(response, 422)
     batch = {"packets": [{"context": {}}, {"nonsense": True}]}

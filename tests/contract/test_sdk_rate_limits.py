@@ -6,6 +6,7 @@ import time
 import uuid
 from contextlib import AbstractContextManager as ContextManager
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -90,7 +91,7 @@ async def test_async_sdk_raises_rate_limit_error_too(live_server: LiveServer) ->
     assert caught.value.retry_after >= 1
 
 
-def limited_server(url: str, **overrides: object) -> ContextManager[LiveServer]:
+def limited_server(url: str, **overrides: Any) -> ContextManager[LiveServer]:
     """Uvicorn on a free loopback port with its own limit settings."""
     return run_live_server(url, **overrides)
 

@@ -6,6 +6,7 @@ Every REST method of CONTRACT.md §9 except webhooks and streaming, plus the err
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -59,7 +60,7 @@ def test_packet_builder_packet_round_trips_every_section(client: HandoffRailClie
 def test_unknown_packet_id_raises_not_found_on_every_route(client: HandoffRailClient) -> None:
     missing = uuid.uuid4()
     chain = ChainBuilder().from_("a", "A").to("b", "B").with_summary("next").build()
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: client.get_packet(missing),
         lambda: client.get_history(missing),
         lambda: client.update_packet(missing, PacketUpdate(status="failed")),
@@ -68,7 +69,8 @@ def test_unknown_packet_id_raises_not_found_on_every_route(client: HandoffRailCl
         lambda: claim(client, missing),
         lambda: client.respond_to_hitl(missing, response="ok", responded_by="alice"),
         lambda: client.chain_handoff(missing, chain),
-    ):
+    )
+    for call in calls:
         with pytest.raises(NotFoundError) as caught:
             call()
         assert caught.value.status_code == 404

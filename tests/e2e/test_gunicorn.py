@@ -147,7 +147,7 @@ def health_count_per_pid(metrics_dir: Path) -> dict[int, float]:
             continue
         count = sum(
             sample.value
-            for metric in MultiProcessCollector.merge([str(path)])
+            for metric in MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
             for sample in metric.samples
             if sample.name == "handoffrail_requests_total"
             and sample.labels.get("endpoint") == "/health"

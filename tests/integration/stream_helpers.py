@@ -112,7 +112,8 @@ async def open_sse(
     """GET /events and read the `connected` frame (from then on the start position is fixed)."""
     all_headers = {"X-API-Key": key} if key else {}
     all_headers.update(headers or {})
-    query = httpx.QueryParams(params) if params is not None else None
+    pairs = tuple(params.items()) if isinstance(params, dict) else tuple(params or ())
+    query = httpx.QueryParams(pairs) if params is not None else None
     async with client.stream("GET", "/events", params=query, headers=all_headers) as response:
         assert response.status_code == 200, (await response.aread()).decode()
         assert response.headers["content-type"].startswith("text/event-stream")

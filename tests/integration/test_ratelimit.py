@@ -23,6 +23,7 @@ from handoffrail_server.db import migrations
 from handoffrail_server.limits import ratelimit
 from handoffrail_server.limits.ratelimit import RateLimiter, per_hour, per_minute
 from handoffrail_server.main import create_app
+from handoffrail_server.observability import metrics
 from tests.conftest import (
     IN_CI,
     REDIS_TEST_URL,
@@ -129,9 +130,9 @@ def fast_recheck(monkeypatch: pytest.MonkeyPatch) -> float:
 @pytest.fixture
 def reset_fallback_gauge() -> Iterator[None]:
     """The gauge is process-wide: leave it at 0 for whoever runs next."""
-    ratelimit.metrics.RATE_LIMIT_FALLBACK.set(0)
+    metrics.RATE_LIMIT_FALLBACK.set(0)
     yield
-    ratelimit.metrics.RATE_LIMIT_FALLBACK.set(0)
+    metrics.RATE_LIMIT_FALLBACK.set(0)
 
 
 @pytest.fixture(params=["redis", "memory"])

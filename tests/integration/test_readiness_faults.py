@@ -152,11 +152,10 @@ def assert_no_internals(body: dict[str, Any]) -> None:
 
 async def eventually(check: Any, attempts: int = 20, delay: float = 0.25) -> httpx.Response:
     """Call `check()` until it returns a response that is not None (bounded)."""
-    last = None
     for _ in range(attempts):
-        last = await check()
-        if last is not None:
-            return last
+        response: httpx.Response | None = await check()
+        if response is not None:
+            return response
         await asyncio.sleep(delay)
     raise AssertionError("condition not reached in time")
 
