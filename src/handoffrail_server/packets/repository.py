@@ -153,7 +153,7 @@ async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
         return False
     query = webhook_rows.sqlite_subscribed_events(change.event.tenant_id)
     rows = await fast_sqlite.run(lite, writes, query)
-    return webhook_rows.wants(({"events": row[0]} for row in rows), change.webhook_event)
+    return webhook_rows.sqlite_wants(rows, change.webhook_event)
 
 
 _GET = (

@@ -67,6 +67,11 @@ def wants(rows: Iterable[Any], event_type: str) -> bool:
     return False
 
 
+def sqlite_wants(rows: Iterable[Any], event_type: str) -> bool:
+    """`wants` for the plain tuples of a SQLite `sqlite_subscribed_events` query."""
+    return wants(({"events": row[0]} for row in rows), event_type)
+
+
 async def may_have_subscriber(session: AsyncSession, tenant_id: str, event_type: str) -> bool:
     """False only when no active endpoint of the tenant wants `event_type` (cheap check first:
     most tenants have no endpoint, and every state change asks)."""
@@ -75,8 +80,9 @@ async def may_have_subscriber(session: AsyncSession, tenant_id: str, event_type:
         return wants(await fast.fetch(session, driver, subscribed_events(tenant_id)), event_type)
     lite = await fast_sqlite.connection(session)
     assert lite is not None  # PostgreSQL or SQLite
-    rows = await fast_sqlite.run(lite, [], sqlite_subscribed_events(tenant_id))
-    return wants(({"events": row[0]} for row in rows), event_type)
+    return sqlite_wants(
+        await fast_sqlite.run(lite, [], sqlite_subscribed_events(tenant_id)), event_type
+    )
 
 
 async def active_endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:
