@@ -40,7 +40,10 @@ def test_startup_objects_are_frozen_once_per_process(monkeypatch: pytest.MonkeyP
         assert runtime.freeze_startup_objects() is True
         frozen = gc.get_freeze_count()
         assert frozen > 0
+        alive_since: list[list[int]] = [[] for _ in range(1000)]  # a second freeze would add these
         assert runtime.freeze_startup_objects() is False
-        assert gc.get_freeze_count() == frozen
+        # frozen objects may still die (another thread dropping one): never more, though
+        assert gc.get_freeze_count() <= frozen
+        assert len(alive_since) == 1000
     finally:
         gc.unfreeze()
