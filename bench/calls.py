@@ -112,13 +112,25 @@ async def _lifecycle(driver: Driver, index: int) -> None:
             raise RuntimeError(f"{method} {path} answered {status}: {answer[:300]!r}")
 
 
+async def _claim_next(driver: Driver, index: int) -> None:
+    body = json.dumps({"agent_id": f"worker-{index % 32}", "agent_name": "Worker"}).encode()
+    status, answer = await driver.request("POST", "/api/v1/packets/claim-next", body)
+    if status != 200:
+        raise RuntimeError(f"claim-next answered {status}: {answer[:300]!r}")
+
+
 SCENARIOS: dict[str, Callable[[Driver, int], Awaitable[Any]]] = {
     "create": _create,
     "lifecycle": _lifecycle,
+    "claim_next": _claim_next,
 }
+#: scenarios whose operations consume packets created (untimed) beforehand
+NEEDS_PACKETS = {"claim_next"}
 
 
-async def _run(app: Any, key: str, scenario: str, count: int, clients: int) -> dict[str, Any]:
+async def _run(
+    app: Any, key: str, scenario: str, count: int, clients: int, *, profiled: bool = True
+) -> dict[str, Any]:
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     started = asyncio.Event()
 
@@ -135,7 +147,12 @@ async def _run(app: Any, key: str, scenario: str, count: int, clients: int) -> d
     await started.wait()
     driver = Driver(app, key)
     work = SCENARIOS[scenario]
-    for index in range(min(20, count)):  # warm caches, prepared statements, pools
+    warm_up = min(20, count)
+    if scenario in NEEDS_PACKETS:
+        await asyncio.gather(
+            *(_create(driver, index) for index in range(count + warm_up)), return_exceptions=False
+        )
+    for index in range(warm_up):  # warm caches, prepared statements, pools
         await work(driver, index)
 
     async def client(offset: int) -> None:
@@ -144,13 +161,15 @@ async def _run(app: Any, key: str, scenario: str, count: int, clients: int) -> d
 
     profile = cProfile.Profile()
     cpu = time.process_time()
-    profile.enable()
+    if profiled:
+        profile.enable()
     await asyncio.gather(*(client(offset) for offset in range(clients)))
-    profile.disable()
+    if profiled:
+        profile.disable()
     cpu = time.process_time() - cpu
     await queue.put({"type": "lifespan.shutdown"})
     await lifespan
-    return {"stats": pstats.Stats(profile), "cpu": cpu}
+    return {"stats": pstats.Stats(profile) if profiled else None, "cpu": cpu}
 
 
 def _where(filename: str) -> str:
@@ -203,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="no profiler, uvloop: print only CPU ms per operation (an A/B figure, not a count)",
+    )
     args = parser.parse_args(argv)
     from handoffrail_server.keys.tokens import generate_key
 
@@ -216,10 +240,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from handoffrail_server.main import create_app
 
-            result = asyncio.run(_run(create_app(), key, args.scenario, args.count, args.clients))
+            run = _run(
+                create_app(), key, args.scenario, args.count, args.clients, profiled=not args.timing
+            )
+            if args.timing:
+                import uvloop
+
+                result = uvloop.run(run)
+            else:
+                result = asyncio.run(run)
         finally:
             os.environ.clear()
             os.environ.update(saved)
+    if args.timing:
+        cpu_ms = 1000 * result["cpu"] / args.count
+        sys.stdout.write(f"{args.scenario} on {args.database}: {cpu_ms:.3f} ms CPU per operation\n")
+        return 0
     sys.stdout.write(report(result["stats"], args.count, result["cpu"], args.top) + "\n")
     return 0
 

@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.state.hr = state
     install_problem_handlers(app)
-    include_api(app)
+    include_api(app, fast_lanes=settings.fast_lanes)
     app.include_router(health.router)
     app.include_router(realtime_router)
     app.include_router(dashboard_router)

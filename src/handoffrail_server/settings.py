@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     packet_ttl_seconds: int = Field(default=86400, ge=60)
     max_batch_size: int = Field(default=50, ge=1, le=500)
     docs_enabled: bool = True
+    fast_lanes: bool = True
     expiry_interval_seconds: float = Field(default=60.0, ge=0)
     debug: bool = False
     metrics_token: SecretStr | None = None

@@ -26,3 +26,27 @@ def test_calls_per_request_are_counted_for_a_lifecycle_on_sqlite() -> None:
     assert int(calls.group(1)) > 1000  # four requests through the whole app, not a stub
     assert re.search(r"^\s+[\d.]+\s+handoffrail_server$", report, re.MULTILINE), report
     assert re.search(r"^\s+[\d.]+\s+fastapi$", report, re.MULTILINE), report
+
+
+def test_the_timing_mode_reports_cpu_per_claim_next_on_sqlite() -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.calls",
+            "--timing",
+            "--scenario",
+            "claim_next",
+            "--count",
+            "8",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    found = re.search(r"claim_next on sqlite: ([\d.]+) ms CPU per operation", completed.stdout)
+    assert found is not None, completed.stdout
+    assert float(found.group(1)) > 0

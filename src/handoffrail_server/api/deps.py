@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
@@ -73,16 +74,22 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    # scope="function": commit runs when the handler returns, before the response is sent,
-    # so a client never sees success for a write that did not commit.
-    state = app_state(request)
+@asynccontextmanager
+async def request_session(state: AppState) -> AsyncIterator[AsyncSession]:
+    """A request's unit of work; once committed, wake stream readers of the tenants whose
+    events it wrote."""
     async with unit_of_work(state.sessions) as session:
         yield session
-    # Committed: wake stream readers of the tenants whose events this request wrote.
     if state.broker is not None:
         for tenant_id in session.info.pop(NOTIFY_KEY, ()):
             await state.broker.notify(tenant_id)
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    # scope="function": commit runs when the handler returns, before the response is sent,
+    # so a client never sees success for a write that did not commit.
+    async with request_session(app_state(request)) as session:
+        yield session
 
 
 Session = Annotated[AsyncSession, Depends(_session, scope="function")]
@@ -173,7 +180,8 @@ async def _rate_limit(
         raise RateLimited("Rate limit exceeded", shown.retry_after, tier=principal.tier)
 
 
-async def _principal(request: Request, session: Session) -> Principal:
+async def resolve_principal(request: Request, session: AsyncSession) -> Principal:
+    """Authenticate the request's key, apply its rate limits and size quota, check its role."""
     state = app_state(request)
     try:
         principal = await keys_service.authenticate(session, request.headers.get("x-api-key"))
@@ -189,6 +197,10 @@ async def _principal(request: Request, session: Session) -> Principal:
             f"current role: {principal.role.value}"
         )
     return principal
+
+
+async def _principal(request: Request, session: Session) -> Principal:
+    return await resolve_principal(request, session)
 
 
 Caller = Annotated[Principal, Depends(_principal)]

@@ -16,6 +16,7 @@ from handoffrail_server.api.deps import (
     request_id,
     tenant_limits,
 )
+from handoffrail_server.api.lanes import LaneSpec
 from handoffrail_server.packets import claims, policy
 from handoffrail_server.packets.errors import InvalidFilter
 from handoffrail_server.packets.lifecycle import PacketStatus
@@ -271,3 +272,27 @@ async def chain_handoff(
     """Hand off onward: a child packet that inherits the parent's conversation."""
     service = _service(request, session, caller)
     return to_read(await service.chain(packet_id, body))
+
+
+#: the hot endpoints served by fast lanes (`api/lanes.py`) when a request is ordinary
+_ID = (("packet_id", uuid.UUID),)
+LANES = (
+    LaneSpec("POST", "/api/v1/packets", create_packet, PacketCreate, PacketRead, 201),
+    LaneSpec("POST", "/api/v1/packets/claim-next", claim_next, ClaimNext, PacketRead),
+    LaneSpec(
+        "POST",
+        "/api/v1/packets/{packet_id}/claim",
+        claim_packet,
+        PacketClaim,
+        PacketRead,
+        path_types=_ID,
+    ),
+    LaneSpec(
+        "PATCH",
+        "/api/v1/packets/{packet_id}",
+        update_packet,
+        PacketUpdate,
+        PacketRead,
+        path_types=_ID,
+    ),
+)
