@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.api import lanes
 from handoffrail_server.api.roles import Role
@@ -306,3 +308,30 @@ async def test_a_lane_commits_before_it_answers(sides: tuple[Side, Side]) -> Non
     assert read.json()["status"] == "claimed"
     history = await plain.send("GET", f"/packets/{packet_id}/history")
     assert [event["event_type"] for event in history.json()["events"]] == ["created", "claimed"]
+
+
+@pytest.mark.parametrize("lanes_on", [True, False], ids=["lane", "fastapi"])
+async def test_a_cancel_scope_cancelled_during_the_commit_does_not_interrupt_it(
+    sides: tuple[Side, Side], monkeypatch: pytest.MonkeyPatch, lanes_on: bool
+) -> None:
+    """As FastAPI shields a dependency's exit, a lane shields the commit from anyio
+    cancellation (a middleware's or task group's cancel scope); the request is still cancelled."""
+    fast, plain = sides
+    side = fast if lanes_on else plain
+    packet_id = await side.new_packet()
+    original = AsyncSession.commit
+    answered = False
+    with anyio.CancelScope() as outer:
+
+        async def slow_commit(self: AsyncSession) -> None:
+            outer.cancel()
+            await asyncio.sleep(0.05)
+            await original(self)
+
+        monkeypatch.setattr(AsyncSession, "commit", slow_commit)
+        await side.send("POST", f"/packets/{packet_id}/claim", json=CLAIM)
+        answered = True
+    monkeypatch.undo()
+    assert outer.cancelled_caught and not answered
+    read = await plain.send("GET", f"/packets/{packet_id}")
+    assert read.json()["status"] == "claimed"

@@ -10,7 +10,8 @@ very same endpoint function with the very same dependencies, done by hand:
    body model; the path parameters against their types (a `TypeAdapter`, as FastAPI);
 2. the request's unit of work and principal come from `request_session` and
    `resolve_principal`, the functions behind the `Session` and `Caller` dependencies;
-3. the endpoint function runs; the unit of work commits before a byte is sent;
+3. the endpoint function runs; the unit of work commits (shielded from cancellation, as FastAPI
+   shields a dependency's exit) before a byte is sent;
 4. the answer is serialised by the response model's `TypeAdapter` (`by_alias`, as FastAPI).
 
 Anything unusual — a query string, a content type other than plain `application/json`, an
@@ -28,6 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 from fastapi import FastAPI
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette._utils import get_route_path
@@ -113,18 +116,26 @@ class Lane(BaseRoute):
         if arguments is None:
             await self._hand_over(scope, _replay(body, receive), send)
             return
-        async with request_session(app_state(request)) as session:
-            caller = await resolve_principal(request, session)
-            result = await self.spec.endpoint(
-                request=request, session=session, caller=caller, **arguments
+        # As FastAPI's `scope="function"` dependencies: the commit (or rollback) at the end of
+        # the unit of work is shielded from cancellation, and done before the answer is sent.
+        cleanup = anyio.CancelScope()
+        with cleanup:
+            async with request_session(app_state(request)) as session:
+                try:
+                    caller = await resolve_principal(request, session)
+                    result = await self.spec.endpoint(
+                        request=request, session=session, caller=caller, **arguments
+                    )
+                finally:
+                    cleanup.shield = True
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel held off by the shield
+        if isinstance(result, Response):
+            response = result
+        else:
+            content = self._response.dump_json(result, by_alias=True)
+            response = Response(
+                content, status_code=self.spec.status_code, media_type="application/json"
             )
-            if isinstance(result, Response):
-                response = result
-            else:
-                content = self._response.dump_json(result, by_alias=True)
-                response = Response(
-                    content, status_code=self.spec.status_code, media_type="application/json"
-                )
         await response(scope, receive, send)
 
     def _arguments(self, scope: Scope, body: bytes) -> dict[str, Any] | None:
