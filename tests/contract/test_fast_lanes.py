@@ -332,6 +332,7 @@ async def test_a_cancel_scope_cancelled_during_the_commit_does_not_interrupt_it(
         await side.send("POST", f"/packets/{packet_id}/claim", json=CLAIM)
         answered = True
     monkeypatch.undo()
-    assert outer.cancelled_caught and not answered
+    assert outer.cancelled_caught
+    assert not answered
     read = await plain.send("GET", f"/packets/{packet_id}")
     assert read.json()["status"] == "claimed"
