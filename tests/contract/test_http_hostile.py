@@ -121,6 +121,35 @@ async def test_non_finite_numbers_are_422(api: Api, survivor: dict[str, Any]) ->
     await _assert_still_healthy(api, survivor)
 
 
+async def test_unpaired_surrogates_are_422_on_both_databases(
+    api: Api, survivor: dict[str, Any]
+) -> None:
+    """JSON may spell half a surrogate pair; neither database can store it (SQLite cannot even
+    encode it): 422, not 500."""
+    for value in ('"\\ud800"', '"x\\udfffy"', '["ok", "\\ud83d"]', '{"\\udc00": 1}'):
+        response = await api.client.post(
+            f"{P}/packets",
+            content=_raw_create(value),
+            headers={**api.headers(), "Content-Type": "application/json"},
+        )
+        body = assert_problem(response, 422)
+        assert "unpaired surrogate" in body["detail"], value
+    emoji = await api.client.post(
+        f"{P}/packets",
+        content=_raw_create('"\\ud83d\\ude00 ok"'),
+        headers={**api.headers(), "Content-Type": "application/json"},
+    )
+    assert emoji.status_code == 201, emoji.text
+    assert emoji.json()["context"]["custom"]["v"] == "\U0001f600 ok"
+    patched = await api.client.patch(
+        f"{P}/packets/{survivor['id']}",
+        content=b'{"context": {"summary": "s", "note": "\\ud800"}}',
+        headers={**api.headers(), "Content-Type": "application/json"},
+    )
+    assert_problem(patched, 422)
+    await _assert_still_healthy(api, survivor)
+
+
 async def test_absurd_nesting_is_422_not_500(api: Api, survivor: dict[str, Any]) -> None:
     for depth in (100, 900, 10_000, 100_000):
         for opener, closer in (('{"a":', "}"), ("[", "]")):

@@ -15,6 +15,7 @@ from handoffrail_server.api.wire import MAX_DEPTH, NoNulModel, _surely_storable,
 
 NUL = "a NUL character (\\u0000)"
 NON_FINITE = "a non-finite number (NaN or Infinity)"
+SURROGATE = "an unpaired surrogate (invalid Unicode)"
 
 
 def _nested(depth: int, leaf: Any) -> Any:
@@ -34,6 +35,8 @@ def _nested(depth: int, leaf: Any) -> Any:
         1.5,
         "",
         "plain text with unicode ☃ and \\u0000 spelled out",
+        "beyond the BMP: \U0001f600 (one code point, no surrogates)",
+        json.loads('"\\ud83d\\ude00"'),  # an escaped surrogate *pair* is one character
         [],
         {},
         {"a": [1, 2.5, {"b": None}], "c": ("t", 1)},
@@ -56,6 +59,11 @@ def test_storable_values_pass(value: Any) -> None:
         (math.inf, NON_FINITE),
         (-math.inf, NON_FINITE),
         ({"numbers": [1.0, {"x": math.nan}]}, NON_FINITE),
+        ("\ud800", SURROGATE),
+        ("low alone \udfff", SURROGATE),
+        ({"deep": ["x", {"key\udc00": 1}]}, SURROGATE),
+        (json.loads('{"a": "\\ud83d"}'), SURROGATE),
+        (json.loads('["\\ude00\\ud83d"]'), SURROGATE),  # reversed pair: two lone halves
     ],
 )
 def test_unstorable_values_are_described(value: Any, found: str) -> None:
@@ -109,6 +117,20 @@ def test_model_refuses_unstorable_body_with_a_message(payload: dict[str, Any], f
 def test_model_refuses_nan_parsed_from_json_text() -> None:
     with pytest.raises(ValidationError, match="non-finite"):
         Body.model_validate(json.loads('{"name": "ok", "score": NaN}'))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"name": "\\ud800"}', '{"name": "ok", "extra": {"\\udfff": 1}}', '{"name": "a\\ud83d"}'],
+)
+def test_model_refuses_an_unpaired_surrogate_from_json_text(text: str) -> None:
+    with pytest.raises(ValidationError, match="unpaired surrogate"):
+        Body.model_validate(json.loads(text))
+
+
+def test_surely_storable_is_false_for_an_unpaired_surrogate_and_true_for_emoji() -> None:
+    assert not _surely_storable({"x": ["\ud800"]})
+    assert _surely_storable({"x": ["\U0001f600", "☃"]})
 
 
 def test_model_refuses_nul_escape_from_json_text() -> None:

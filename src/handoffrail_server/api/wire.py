@@ -1,7 +1,9 @@
-"""Base for request bodies: refuses NUL characters and non-finite numbers anywhere in the body.
+"""Base for request bodies: refuses NUL characters, unpaired surrogates and non-finite numbers
+anywhere in the body.
 
-PostgreSQL can store neither in text or JSONB, so they would otherwise surface as a 500 on one
-database and succeed on the other.
+PostgreSQL can store none of them in text or JSONB, and SQLite cannot encode an unpaired
+surrogate (JSON text may spell one, `"\\ud800"`, and `json.loads` accepts it), so they would
+otherwise surface as a 500 on one database or both.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ def find_unstorable(value: Any, depth: int = 0) -> str | None:
     if depth > MAX_DEPTH:
         return f"nesting deeper than {MAX_DEPTH} levels"
     if isinstance(value, str):
-        return "a NUL character (\\u0000)" if "\x00" in value else None
+        if "\x00" in value:
+            return "a NUL character (\\u0000)"
+        return None if _valid_unicode(value) else "an unpaired surrogate (invalid Unicode)"
     if isinstance(value, float):
         return None if math.isfinite(value) else "a non-finite number (NaN or Infinity)"
     if isinstance(value, dict):
@@ -37,16 +41,27 @@ def find_unstorable(value: Any, depth: int = 0) -> str | None:
     return None
 
 
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _surely_storable(value: Any) -> bool:
     """A cheap proof that `value` holds nothing unstorable; False means "walk it to find out".
 
     The C JSON encoder refuses non-finite numbers, writes NUL as `\\u0000` (the text may hold
-    that sequence literally too: then the walk decides), and each level of nesting opens at
-    least one `{` or `[`, so fewer of those than MAX_DEPTH bounds the depth.
+    that sequence literally too: then the walk decides), leaves other characters as they are
+    (`ensure_ascii=False`), so an unpaired surrogate anywhere makes the UTF-8 encoding fail, and
+    each level of nesting opens at least one `{` or `[`, so fewer of those than MAX_DEPTH bounds
+    the depth.
     """
     try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return False
     return "\\u0000" not in text and text.count("{") + text.count("[") <= MAX_DEPTH
 
