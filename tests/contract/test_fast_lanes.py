@@ -203,6 +203,12 @@ CASES: list[tuple[str, Case, bool]] = [
     ("create with an unknown parent", _create_unknown_parent, True),
     ("create: invalid JSON", _raw_create(b'{"metadata": '), False),
     ("create: empty body", _raw_create(b""), False),
+    ("create: invalid UTF-8", _raw_create(b'{"metadata": "\xff\xfe"}'), False),
+    (
+        "create: unpaired surrogate",
+        _raw_create(b'{"metadata": {}, "context": {"x": "\\ud800"}}'),
+        False,
+    ),
     ("create: a list", _raw_create(b"[]"), False),
     ("create: NaN", _raw_create(b'{"metadata": {}, "context": {"x": NaN}}'), False),
     ("create: NUL", _raw_create(b'{"metadata": {}, "context": {"x": "\\u0000"}}'), False),
