@@ -305,6 +305,11 @@ async def test_planted_secrets_never_reach_the_logs(
         assert request_id in logged_ids, request_id
     access = [line for line in lines if line["event"] == "http.request"]
     assert any(line.get("endpoint") == PACKET_TEMPLATE for line in access)
+    # which key made a request is traceable: its public id, never the key itself
+    created_line = next(line for line in access if line.get("request_id") == request_ids[0])
+    assert created_line["tenant_id"]
+    assert isinstance(created_line["key_id"], str)
+    assert created_line["key_id"] not in {"", "[redacted]"}
     careless = next(line for line in lines if line["event"] == "test.careless_event")
     assert "db.internal" in careless["url"]  # the URL stays useful, only the password goes
 

