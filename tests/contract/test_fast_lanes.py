@@ -63,7 +63,7 @@ class Side:
         path: str,
         *,
         key: str = "admin",
-        content: bytes | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
         json: Any = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
@@ -132,6 +132,22 @@ async def _create_with_query(side: Side) -> httpx.Response:
 async def _create_too_large(side: Side) -> httpx.Response:
     body = packet_body("x" * 70_000)  # over the free tier's 64 KB
     return await side.send("POST", "/packets", key="free", json=body)
+
+
+async def _create_chunked_over_the_cap(side: Side) -> httpx.Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"metadata": {}, "context": {"summary": "'
+        for _ in range(40):
+            yield b"x" * 32_768
+        yield b'"}}'
+
+    return await side.send(
+        "POST", "/packets", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+
+
+async def _claim_nul_in_path(side: Side) -> httpx.Response:
+    return await side.send("POST", "/packets/%00/claim", json=CLAIM)
 
 
 async def _claim(side: Side) -> httpx.Response:
@@ -222,6 +238,8 @@ CASES: list[tuple[str, Case, bool]] = [
     ("create as a reader", _create_as("reader"), True),
     ("create with a query string", _create_with_query, False),
     ("create over the tier's size", _create_too_large, True),
+    ("create: chunked body over the cap", _create_chunked_over_the_cap, True),
+    ("claim: NUL in the path", _claim_nul_in_path, False),
     ("claim", _claim, True),
     ("claim a claimed packet", _claim_twice, True),
     ("claim an unknown packet", _claim_unknown, True),
