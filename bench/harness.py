@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import driver_cost
+from bench import driver_cost, processes
 from bench.processes import (
     BIN,
     WORKER_POLL_SECONDS,
@@ -500,7 +500,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--profile", type=Path, help="py-spy the 1-process server into this dir")
     parser.add_argument("--only", default="serve,gunicorn,sqlite", help="phases to run")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="HR_NAME=VALUE",
+        help="a server setting for this run (repeatable), e.g. HR_FAST_LANES=false for an A/B",
+    )
     args = parser.parse_args(argv)
+    try:
+        processes.SERVER_OVERRIDES.update(processes.parse_settings(args.set))
+    except ValueError as error:
+        parser.error(str(error))
     sizes = SMOKE if args.smoke else FULL
     phases = {name.strip() for name in args.only.split(",")}
     report = Report()
@@ -520,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = "smoke (tiny counts: not a measurement)" if args.smoke else "full"
     print()
     print(f"HandoffRail benchmark, {mode}, {elapsed:.0f}s on {machine()}")
+    if processes.SERVER_OVERRIDES:
+        settings = " ".join(f"{name}={value}" for name, value in processes.SERVER_OVERRIDES.items())
+        print(f"server settings changed for this run: {settings}")
     print(table(report))
     print("targets (issue 10):")
     for line in targets(report):

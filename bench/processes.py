@@ -49,9 +49,26 @@ def clean_env(**values: str) -> dict[str, str]:
     return env
 
 
+#: `HR_*` settings given with `bench --set NAME=VALUE`, applied to every server the run starts
+SERVER_OVERRIDES: dict[str, str] = {}
+
+
+def parse_settings(items: list[str]) -> dict[str, str]:
+    """`NAME=VALUE` pairs of server settings; only `HR_*` names (anything else is a typo)."""
+    overrides: dict[str, str] = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        name = name.strip()
+        if not equals or not name.startswith("HR_") or name == "HR_":
+            raise ValueError(f"expected HR_NAME=VALUE, got {item!r}")
+        overrides[name] = value
+    return overrides
+
+
 def server_env(database_url: str, key: str, port: int, workdir: Path) -> dict[str, str]:
-    """The server's environment: staging (JSON logs at info), limits out of the way."""
-    return clean_env(
+    """The server's environment: staging (JSON logs at info), limits out of the way, then
+    `SERVER_OVERRIDES`."""
+    env = clean_env(
         HR_ENVIRONMENT="staging",
         HR_DATABASE_URL=database_url,
         HR_REDIS_URL=REDIS_URL,
@@ -66,6 +83,8 @@ def server_env(database_url: str, key: str, port: int, workdir: Path) -> dict[st
         HR_PORT=str(port),
         HR_BIND_HOST="127.0.0.1",
     )
+    env.update(SERVER_OVERRIDES)
+    return env
 
 
 @dataclass

@@ -40,6 +40,13 @@ def bench(
     only: Annotated[
         str, typer.Option(help="Phases to run: serve, gunicorn, sqlite (comma-separated).")
     ] = "serve,gunicorn,sqlite",
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="A server setting for this run, HR_NAME=VALUE (repeatable), e.g. for an A/B.",
+        ),
+    ] = None,
 ) -> None:
     """Benchmark the server against ceilings measured in the same run (PostgreSQL + Redis)."""
     root = find_checkout()
@@ -53,6 +60,8 @@ def bench(
         argv += ["--json", str(json_path.resolve())]
     if profile is not None:
         argv += ["--profile", str(profile.resolve())]
+    for setting in settings or []:
+        argv += ["--set", setting]
     code = subprocess.call(argv, cwd=root)  # noqa: S603 - our own interpreter and module
     if code:
         raise typer.Exit(code)
