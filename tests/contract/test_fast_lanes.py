@@ -219,6 +219,11 @@ CASES: list[tuple[str, Case, bool]] = [
     ("create with an unknown parent", _create_unknown_parent, True),
     ("create: invalid JSON", _raw_create(b'{"metadata": '), False),
     ("create: empty body", _raw_create(b""), False),
+    (
+        "create: absurd nesting",
+        _raw_create(b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        False,
+    ),
     ("create: invalid UTF-8", _raw_create(b'{"metadata": "\xff\xfe"}'), False),
     (
         "create: unpaired surrogate",

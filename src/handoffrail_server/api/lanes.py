@@ -147,7 +147,7 @@ class Lane(BaseRoute):
             params = scope["path_params"]
             for name, adapter in self._path_types:
                 arguments[name] = adapter.validate_python(params[name])
-        except (ValueError, ValidationError):  # JSONDecodeError is a ValueError
+        except (ValueError, ValidationError, RecursionError):  # JSONDecodeError: a ValueError
             return None
         return arguments
 
