@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 
 from handoffrail_server.api.roles import RANK, Role
@@ -246,3 +247,23 @@ async def test_unknown_role_in_key_creation_is_422(api: Api) -> None:
         f"{P}/keys", json={"name": "x", "role": "superuser"}, headers=api.headers()
     )
     assert_problem(response, 422)
+
+
+async def test_roles_hold_behind_a_root_path(api: Api) -> None:
+    """Served under a prefix (`uvicorn --root-path /hr`, a proxy's sub-path), a path's role is
+    decided on the path below the prefix, as routing does: a writer may still create."""
+    writer = await api.new_key(Role.WRITER)
+    reader = await api.new_key(Role.READER)
+    transport = httpx.ASGITransport(app=api.app, root_path="/hr")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for query in ("", "?via=fastapi"):  # served by the fast lane, and by FastAPI's route
+            created = await client.post(
+                f"/hr{P}/packets{query}", json=packet_body(), headers={"X-API-Key": writer}
+            )
+            assert created.status_code == 201, created.text
+        listed = await client.get(f"/hr{P}/packets", headers={"X-API-Key": reader})
+        assert listed.status_code == 200, listed.text
+        refused = await client.post(
+            f"/hr{P}/packets", json=packet_body(), headers={"X-API-Key": reader}
+        )
+        assert_problem(refused, 403, "auth.insufficient_role")

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette._utils import get_route_path
 
 from handoffrail_server.api.roles import allows, required_role
 from handoffrail_server.clock import Clock
@@ -188,7 +189,8 @@ async def resolve_principal(request: Request, session: AsyncSession) -> Principa
     except AuthenticationFailed:
         await _throttle_auth_failure(request, state)
         raise
-    needed = required_role(request.method, request.url.path)
+    # the path below the app's root path (`--root-path`, a proxy's prefix), as routing sees it
+    needed = required_role(request.method, get_route_path(request.scope))
     request.state.principal = principal
     await _enforce_limits(request, state, principal)  # before the role check: headers on a 403
     if not allows(principal.role, needed):
