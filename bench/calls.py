@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import processes
 from bench.loadgen import packet_body
 from bench.processes import migrate, pg_database, server_env
 
@@ -42,6 +43,7 @@ class Driver:
     def __init__(self, app: Any, key: str) -> None:
         self.app = app
         self.key = key.encode()
+        self.packets: list[str] = []
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         delivered = False
@@ -119,13 +121,21 @@ async def _claim_next(driver: Driver, index: int) -> None:
         raise RuntimeError(f"claim-next answered {status}: {answer[:300]!r}")
 
 
+async def _get(driver: Driver, index: int) -> None:
+    packet_id = driver.packets[index % len(driver.packets)]
+    status, answer = await driver.request("GET", f"/api/v1/packets/{packet_id}")
+    if status != 200:
+        raise RuntimeError(f"get answered {status}: {answer[:300]!r}")
+
+
 SCENARIOS: dict[str, Callable[[Driver, int], Awaitable[Any]]] = {
     "create": _create,
     "lifecycle": _lifecycle,
     "claim_next": _claim_next,
+    "get": _get,
 }
-#: scenarios whose operations consume packets created (untimed) beforehand
-NEEDS_PACKETS = {"claim_next"}
+#: scenarios whose operations use packets created (untimed) beforehand
+NEEDS_PACKETS = {"claim_next", "get"}
 
 
 async def _run(
@@ -149,8 +159,8 @@ async def _run(
     work = SCENARIOS[scenario]
     warm_up = min(20, count)
     if scenario in NEEDS_PACKETS:
-        await asyncio.gather(
-            *(_create(driver, index) for index in range(count + warm_up)), return_exceptions=False
+        driver.packets = await asyncio.gather(
+            *(_create(driver, index) for index in range(count + warm_up))
         )
     for index in range(warm_up):  # warm caches, prepared statements, pools
         await work(driver, index)
@@ -223,11 +233,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="HR_NAME=VALUE",
+        help="a server setting for this run (repeatable), e.g. HR_FAST_LANES=false",
+    )
+    parser.add_argument(
         "--timing",
         action="store_true",
         help="no profiler, uvloop: print only CPU ms per operation (an A/B figure, not a count)",
     )
     args = parser.parse_args(argv)
+    try:
+        processes.SERVER_OVERRIDES.update(processes.parse_settings(args.set))
+    except ValueError as error:
+        parser.error(str(error))
     from handoffrail_server.keys.tokens import generate_key
 
     with tempfile.TemporaryDirectory() as scratch, _database(args.database, Path(scratch)) as db:

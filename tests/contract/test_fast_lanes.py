@@ -200,6 +200,30 @@ async def _patch_claim_next_path(side: Side) -> httpx.Response:
     return await side.send("PATCH", "/packets/claim-next", json={"status": "in_progress"})
 
 
+async def _get(side: Side) -> httpx.Response:
+    return await side.send("GET", f"/packets/{await side.claimed_packet()}")
+
+
+def _get_as(key: str) -> Case:
+    async def case(side: Side) -> httpx.Response:
+        return await side.send("GET", f"/packets/{await side.new_packet()}", key=key)
+
+    return case
+
+
+async def _get_unknown(side: Side) -> httpx.Response:
+    return await side.send("GET", "/packets/00000000-0000-4000-8000-000000000000")
+
+
+async def _get_awaiting(side: Side) -> httpx.Response:
+    return await side.send("GET", "/packets/awaiting")
+
+
+async def _get_with_a_body(side: Side) -> httpx.Response:
+    path = f"/packets/{await side.new_packet()}"
+    return await side.send("GET", path, content=b"{}", headers={"Content-Type": "application/json"})
+
+
 async def _claim_next(side: Side) -> httpx.Response:
     await side.new_packet(target="lane-target")
     body = {"agent_id": "lane-target", "agent_name": "Lane"}
@@ -255,6 +279,12 @@ CASES: list[tuple[str, Case, bool]] = [
     ("patch: illegal transition", _patch_illegal, True),
     ("patch: unknown status", _patch_unknown_status, False),
     ("patch /packets/claim-next", _patch_claim_next_path, False),
+    ("get", _get, True),
+    ("get as a reader", _get_as("reader"), True),
+    ("get without a key", _get_as("none"), True),
+    ("get an unknown packet", _get_unknown, True),
+    ("get /packets/awaiting (not a uuid)", _get_awaiting, False),
+    ("get with a body", _get_with_a_body, False),
     ("claim-next", _claim_next, True),
     ("claim-next: nothing to claim", _claim_next_none, True),
 ]

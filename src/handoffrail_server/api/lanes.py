@@ -55,7 +55,7 @@ class LaneSpec:
     method: str
     path: str
     endpoint: Endpoint
-    body: type[BaseModel]
+    body: type[BaseModel] | None  #: None: the endpoint takes no body (a GET)
     response: type[BaseModel]
     status_code: int = 200
     path_types: tuple[tuple[str, Any], ...] = ()
@@ -90,7 +90,7 @@ class Lane(BaseRoute):
         self.path = spec.path
         self.path_regex, self.path_format, self.param_convertors = compile_path(spec.path)
         self.name = f"lane:{spec.endpoint.__name__}"
-        self._body = TypeAdapter(spec.body)
+        self._body = TypeAdapter(spec.body) if spec.body is not None else None
         self._response = TypeAdapter(spec.response)
         self._path_types = tuple((name, TypeAdapter(kind)) for name, kind in spec.path_types)
 
@@ -140,10 +140,17 @@ class Lane(BaseRoute):
 
     def _arguments(self, scope: Scope, body: bytes) -> dict[str, Any] | None:
         """The endpoint's body and path arguments, or None when FastAPI should answer."""
-        if scope.get("query_string") or not body or not _plain_json(scope):
+        if scope.get("query_string"):
+            return None
+        if self._body is None:
+            if body:
+                return None
+        elif not body or not _plain_json(scope):
             return None
         try:
-            arguments: dict[str, Any] = {"body": self._body.validate_python(json.loads(body))}
+            arguments: dict[str, Any] = {}
+            if self._body is not None:
+                arguments["body"] = self._body.validate_python(json.loads(body))
             params = scope["path_params"]
             for name, adapter in self._path_types:
                 arguments[name] = adapter.validate_python(params[name])

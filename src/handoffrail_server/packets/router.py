@@ -279,6 +279,7 @@ _ID = (("packet_id", uuid.UUID),)
 LANES = (
     LaneSpec("POST", "/api/v1/packets", create_packet, PacketCreate, PacketRead, 201),
     LaneSpec("POST", "/api/v1/packets/claim-next", claim_next, ClaimNext, PacketRead),
+    LaneSpec("GET", "/api/v1/packets/{packet_id}", get_packet, None, PacketRead, path_types=_ID),
     LaneSpec(
         "POST",
         "/api/v1/packets/{packet_id}/claim",
