@@ -1,6 +1,6 @@
 """Fast lanes: the hottest routes served without FastAPI's per-request machinery (issue 10).
 
-A create, claim, claim-next or PATCH is a handful of microseconds of work in our code and
+A create, read, claim, claim-next or PATCH is a handful of microseconds of work in our code and
 several hundred in FastAPI's request handling around it: dependency solving with its exit
 stacks and cancel scopes, the generic body reader, response validation. A lane is a route
 placed before FastAPI's own that serves the *ordinary* request of one endpoint by calling the
@@ -15,11 +15,13 @@ very same endpoint function with the very same dependencies, done by hand:
 4. the answer is serialised by the response model's `TypeAdapter` (`by_alias`, as FastAPI).
 
 Anything unusual — a query string, a content type other than plain `application/json`, an
-empty, unparseable or invalid body or path parameter — is handed, untouched, to FastAPI's route
-(the buffered body replayed), so every error is the one FastAPI answers, byte for byte. Errors
-raised once the lane has taken the request (authentication, limits, domain errors) propagate to
-the same exception handlers as from FastAPI's route. Lanes are not in the OpenAPI document:
-FastAPI's routes, which they shadow, are.
+empty, unparseable or invalid body or path parameter, a body on a GET — is handed, untouched, to
+FastAPI's route (the buffered body replayed), so every error is the one FastAPI answers, byte
+for byte. Errors raised once the lane has taken the request (authentication, limits, domain
+errors) propagate to the same exception handlers as from FastAPI's route. Lanes are not in the
+OpenAPI document: FastAPI's routes, which they shadow, are. With FastAPI's native telemetry on,
+a lane-served request records none of FastAPI's per-endpoint operations (dependencies, endpoint,
+serialisation); our metrics and access log are the same. `HR_FAST_LANES=false` brings them back.
 """
 
 from __future__ import annotations
