@@ -232,23 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="HR_NAME=VALUE",
-        help="a server setting for this run (repeatable), e.g. HR_FAST_LANES=false",
-    )
+    processes.add_settings_option(parser)
     parser.add_argument(
         "--timing",
         action="store_true",
         help="no profiler, uvloop: print only CPU ms per operation (an A/B figure, not a count)",
     )
     args = parser.parse_args(argv)
-    try:
-        processes.SERVER_OVERRIDES.update(processes.parse_settings(args.set))
-    except ValueError as error:
-        parser.error(str(error))
+    processes.apply_settings(parser, args.set)
     from handoffrail_server.keys.tokens import generate_key
 
     with tempfile.TemporaryDirectory() as scratch, _database(args.database, Path(scratch)) as db:

@@ -500,18 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--profile", type=Path, help="py-spy the 1-process server into this dir")
     parser.add_argument("--only", default="serve,gunicorn,sqlite", help="phases to run")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="HR_NAME=VALUE",
-        help="a server setting for this run (repeatable), e.g. HR_FAST_LANES=false for an A/B",
-    )
+    processes.add_settings_option(parser)
     args = parser.parse_args(argv)
-    try:
-        processes.SERVER_OVERRIDES.update(processes.parse_settings(args.set))
-    except ValueError as error:
-        parser.error(str(error))
+    processes.apply_settings(parser, args.set)
     sizes = SMOKE if args.smoke else FULL
     phases = {name.strip() for name in args.only.split(",")}
     report = Report()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -63,6 +64,25 @@ def parse_settings(items: list[str]) -> dict[str, str]:
             raise ValueError(f"expected HR_NAME=VALUE, got {item!r}")
         overrides[name] = value
     return overrides
+
+
+def add_settings_option(parser: argparse.ArgumentParser) -> None:
+    """`--set HR_NAME=VALUE` (repeatable) on a harness command line."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="HR_NAME=VALUE",
+        help="a server setting for this run (repeatable), e.g. HR_FAST_LANES=false for an A/B",
+    )
+
+
+def apply_settings(parser: argparse.ArgumentParser, items: list[str]) -> None:
+    """Make `--set` values `SERVER_OVERRIDES`, or stop with the parser's usage error."""
+    try:
+        SERVER_OVERRIDES.update(parse_settings(items))
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def server_env(database_url: str, key: str, port: int, workdir: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Api, packet_body
@@ -109,13 +110,18 @@ def _raw_create(custom_value: str) -> bytes:
     return text.replace(marker, marker + f'"custom": {{"v": {custom_value}}}, ', 1).encode()
 
 
+async def _post_raw_create(api: Api, custom_value: str) -> httpx.Response:
+    """POST /packets with `_raw_create(custom_value)` as a JSON body."""
+    return await api.client.post(
+        f"{P}/packets",
+        content=_raw_create(custom_value),
+        headers={**api.headers(), "Content-Type": "application/json"},
+    )
+
+
 async def test_non_finite_numbers_are_422(api: Api, survivor: dict[str, Any]) -> None:
     for number in ("NaN", "Infinity", "-Infinity", "1e999", "[1, -1e400]", '{"a": NaN}'):
-        response = await api.client.post(
-            f"{P}/packets",
-            content=_raw_create(number),
-            headers={**api.headers(), "Content-Type": "application/json"},
-        )
+        response = await _post_raw_create(api, number)
         body = assert_problem(response, 422)
         assert "non-finite" in body["detail"], number
     await _assert_still_healthy(api, survivor)
@@ -127,18 +133,10 @@ async def test_unpaired_surrogates_are_422_on_both_databases(
     """JSON may spell half a surrogate pair; neither database can store it (SQLite cannot even
     encode it): 422, not 500."""
     for value in ('"\\ud800"', '"x\\udfffy"', '["ok", "\\ud83d"]', '{"\\udc00": 1}'):
-        response = await api.client.post(
-            f"{P}/packets",
-            content=_raw_create(value),
-            headers={**api.headers(), "Content-Type": "application/json"},
-        )
+        response = await _post_raw_create(api, value)
         body = assert_problem(response, 422)
         assert "unpaired surrogate" in body["detail"], value
-    emoji = await api.client.post(
-        f"{P}/packets",
-        content=_raw_create('"\\ud83d\\ude00 ok"'),
-        headers={**api.headers(), "Content-Type": "application/json"},
-    )
+    emoji = await _post_raw_create(api, '"\\ud83d\\ude00 ok"')
     assert emoji.status_code == 201, emoji.text
     assert emoji.json()["context"]["custom"]["v"] == "\U0001f600 ok"
     patched = await api.client.patch(

@@ -10,9 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_calls_per_request_are_counted_for_a_lifecycle_on_sqlite() -> None:
+def _calls(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench.calls ARGUMENTS` in the checkout; fails the test on a non-zero exit."""
     completed = subprocess.run(
-        [sys.executable, "-m", "bench.calls", "--scenario", "lifecycle", "--count", "12"],
+        [sys.executable, "-m", "bench.calls", *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -20,7 +21,11 @@ def test_calls_per_request_are_counted_for_a_lifecycle_on_sqlite() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    report = completed.stdout
+    return completed
+
+
+def test_calls_per_request_are_counted_for_a_lifecycle_on_sqlite() -> None:
+    report = _calls("--scenario", "lifecycle", "--count", "12").stdout
     calls = re.search(r"python calls per operation: (\d+)", report)
     assert calls is not None, report
     assert int(calls.group(1)) > 1000  # four requests through the whole app, not a stub
@@ -29,24 +34,7 @@ def test_calls_per_request_are_counted_for_a_lifecycle_on_sqlite() -> None:
 
 
 def test_the_timing_mode_reports_cpu_per_claim_next_on_sqlite() -> None:
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.calls",
-            "--timing",
-            "--scenario",
-            "claim_next",
-            "--count",
-            "8",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = _calls("--timing", "--scenario", "claim_next", "--count", "8")
     found = re.search(r"claim_next on sqlite: ([\d.]+) ms CPU per operation", completed.stdout)
     assert found is not None, completed.stdout
     assert float(found.group(1)) > 0

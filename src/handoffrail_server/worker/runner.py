@@ -34,6 +34,8 @@ async def run_worker(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
+        # no signal handlers on Windows loops (NotImplementedError) or off the main thread
+        # (RuntimeError, e.g. a worker started by tests): `stop` is the way out there
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     engine = create_engine(
