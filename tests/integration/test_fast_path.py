@@ -3,6 +3,7 @@ SQLAlchemy would: these guard the private SQLAlchemy adapter API it relies on.""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import PacketTag, StreamEvent, Tenant, TenantUsage
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.limits import repository as usage
+from handoffrail_server.limits import service as quotas
 from handoffrail_server.realtime import service as streams
 
 pytestmark = pytest.mark.postgres
@@ -184,3 +186,123 @@ async def test_stream_positions_restart_per_transaction_and_savepoints_roll_back
     assert [row.status for row in rows] == ["one", "two", "one", "two", "kept", "kept too"]
     assert [row.id % 4096 for row in rows] == [0, 1, 0, 1, 0, 2]
     assert [row.source_agent_id for row in rows] == ["a"] * 6
+
+
+# -- the unit of work's own connection (db/uow.py `_on_one_connection`) ---------------------
+
+
+def _checked_out(sessions: async_sessionmaker[AsyncSession]) -> int:
+    bind = sessions.kw["bind"]
+    count: int = bind.sync_engine.pool.checkedout()
+    return count
+
+
+async def test_a_raw_only_unit_commits_without_a_session_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    async with unit_of_work(sessions) as session:
+        assert _checked_out(sessions) == 0  # nothing is checked out before the first statement
+        assert await usage.add_handoffs(session, tenant_id, "2026-11-23", 2, 10) == 2
+        assert not session.in_transaction()  # the driver's transaction, not the session's
+        driver = await fast.connection(session)
+        assert driver is not None
+        assert await driver.fetchval("SELECT now() = statement_timestamp()") is False  # in a txn
+    assert _checked_out(sessions) == 0
+    assert await _handoffs(sessions, tenant_id) == 2
+
+
+async def test_orm_statements_after_raw_ones_share_its_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with unit_of_work(sessions) as session:
+        driver = await fast.connection(session)  # raw first: the unit's own connection
+        assert driver is not None
+        xact = await driver.fetchval("SELECT pg_current_xact_id()::text")
+        orm = (await session.execute(text("SELECT pg_current_xact_id()::text"))).scalar_one()
+        assert orm == xact
+        assert await fast.connection(session) is driver
+        assert _checked_out(sessions) == 1
+
+
+async def test_orm_work_joins_the_raw_transaction_and_fails_with_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    other = f"t-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+
+    async def raw_then_orm(fail: bool) -> None:
+        async with unit_of_work(sessions) as session:
+            await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)
+            session.add(Tenant(id=other, name=other, created_at=now, updated_at=now))
+            if fail:
+                await session.flush()
+                raise RuntimeError("roll back both")
+
+    with pytest.raises(RuntimeError):
+        await raw_then_orm(fail=True)
+    assert await _handoffs(sessions, tenant_id) == 0
+    assert _checked_out(sessions) == 0
+    await raw_then_orm(fail=False)  # added only: the unit of work flushes and commits it
+    assert await _handoffs(sessions, tenant_id) == 1
+    async with unit_of_work(sessions) as session:
+        assert await session.get(Tenant, other) is not None
+
+
+async def test_a_connection_lost_before_commit_is_a_503_kind_error(
+    sessions: async_sessionmaker[AsyncSession], postgres_url: str
+) -> None:
+    tenant_id = await _tenant(sessions)
+    admin_dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    async def lose_it_before_commit() -> None:
+        async with unit_of_work(sessions) as session:
+            await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)
+            driver = await fast.connection(session)
+            assert driver is not None
+            pid = await driver.fetchval("SELECT pg_backend_pid()")
+            admin = await asyncpg.connect(admin_dsn)
+            try:
+                await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await admin.close()
+
+    with pytest.raises(sa_exc.OperationalError) as caught:
+        await lose_it_before_commit()  # the COMMIT itself meets the dead connection
+    assert caught.value.connection_invalidated
+    assert _checked_out(sessions) == 0
+    assert await _handoffs(sessions, tenant_id) == 0
+    for _ in range(3):  # the pool (2 connections) hands out working ones again
+        async with unit_of_work(sessions) as session:
+            assert await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10) is not None
+
+
+async def test_a_cancelled_unit_rolls_back_and_returns_its_connection(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    inside = asyncio.Event()
+
+    async def stuck() -> None:
+        async with unit_of_work(sessions) as session:
+            await usage.add_handoffs(session, tenant_id, "2026-11-23", 5, 10)
+            inside.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(stuck())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _checked_out(sessions) == 0
+    assert await _handoffs(sessions, tenant_id) == 0
+
+
+async def test_per_engine_memories_survive_units_bound_to_connections(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with unit_of_work(sessions) as session:
+        first = quotas._recent_agents(session)
+    async with unit_of_work(sessions) as session:
+        assert quotas._recent_agents(session) is first

@@ -30,7 +30,7 @@ import asyncpg
 import orjson
 from sqlalchemy import JSON, Table, Uuid, inspect
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from handoffrail_server.db.base import Base
 from handoffrail_server.db.rows import transient
@@ -38,6 +38,8 @@ from handoffrail_server.db.rows import values as column_values
 
 #: session.info key: (innermost SessionTransaction, asyncpg connection) last handed out
 _KEY = "handoffrail.pg_connection"
+#: session.info key: the `Lean` connection of a unit of work (db/uow.py) the session is bound to
+LEAN_KEY = "handoffrail.lean_connection"
 
 _LOST_CONNECTION = (
     asyncpg.InterfaceError,
@@ -56,8 +58,82 @@ def _current_transaction(session: AsyncSession) -> Any:
     return sync.get_nested_transaction() or sync.get_transaction()
 
 
+class Lean:
+    """A unit of work's own pooled connection (PostgreSQL), checked out on first raw use.
+
+    Until the session opens a transaction of its own (ORM use, a savepoint), `connection()`
+    checks out a connection from the engine, rebinds the session to it (ORM work later in the
+    unit joins the same transaction) and hands out its driver; the unit of work commits the
+    driver transaction with `commit()`: no session transaction, no greenlet hops. A unit whose
+    first statement comes from the ORM leaves this unused: the session owns everything."""
+
+    __slots__ = ("adapted", "connection", "driver", "engine")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.connection: AsyncConnection | None = None
+        self.adapted: Any = None
+        self.driver: asyncpg.Connection | None = None
+
+    async def checkout(self, session: AsyncSession) -> asyncpg.Connection:
+        """The driver connection, checked out (and the session bound to it) on first use."""
+        if self.driver is not None:
+            return self.driver
+        connection = await self.engine.connect()
+        sync = connection.sync_connection
+        assert sync is not None  # started by `engine.connect()`
+        proxied = sync.connection  # checked out just now: no I/O
+        self.connection = connection
+        self.adapted = proxied.dbapi_connection
+        self.driver = driver = proxied.driver_connection
+        session.bind = connection
+        session.sync_session.bind = sync
+        return driver
+
+    async def commit(self) -> None:
+        """COMMIT the driver transaction, if one is open; errors as SQLAlchemy's."""
+        adapted = self.adapted
+        if adapted is None or adapted._transaction is None:
+            return
+        try:
+            await adapted._call_and_discard(adapted._transaction.commit)
+        except (asyncpg.PostgresError, *_LOST_CONNECTION) as error:
+            lost = isinstance(error, _LOST_CONNECTION) or self.closed()
+            if lost and self.connection is not None:
+                await self.connection.invalidate()
+            raise _translate(error, lost=lost) from error
+
+    def closed(self) -> bool:
+        """True when the checked-out driver connection has died."""
+        return self.driver is not None and bool(self.driver.is_closed())
+
+
+def _lean(session: AsyncSession) -> Lean | None:
+    """The unit of work's connection while the session has no transaction of its own."""
+    lean: Lean | None = session.info.get(LEAN_KEY)
+    if lean is None or session.sync_session.get_transaction() is not None:
+        return None
+    return lean
+
+
+def transaction_identity(session: AsyncSession) -> object:
+    """What stays the same for as long as the session's database transaction lasts: the unit
+    of work's connection, or else the session's outermost transaction."""
+    lean = session.info.get(LEAN_KEY)
+    if lean is not None:
+        return lean
+    return session.sync_session.get_transaction()
+
+
 async def connection(session: AsyncSession) -> asyncpg.Connection | None:
     """The asyncpg connection of the session's transaction, or None when not on PostgreSQL."""
+    lean = _lean(session)
+    if lean is not None:
+        lean_driver = await lean.checkout(session)
+        if lean.adapted._transaction is None:
+            async with translated(session):
+                await lean.adapted._start_transaction()
+        return lean_driver
     if session.get_bind().dialect.name != "postgresql":
         return None
     cached = session.info.get(_KEY)
@@ -102,6 +178,9 @@ async def translated(session: AsyncSession) -> AsyncIterator[None]:
 
 
 def _driver_closed(session: AsyncSession) -> bool:
+    lean: Lean | None = session.info.get(LEAN_KEY)
+    if lean is not None and lean.driver is not None:
+        return lean.closed()
     cached = session.info.get(_KEY)
     return cached is not None and bool(cached[1].is_closed())
 
@@ -110,6 +189,11 @@ async def _discard_connection(session: AsyncSession) -> None:
     """Drop the session's dead connection from the pool; the rollback that follows is a no-op."""
     session.info.pop(_KEY, None)
     try:
+        lean: Lean | None = session.info.get(LEAN_KEY)
+        if lean is not None and lean.connection is not None:
+            lean.adapted._transaction = None  # nothing left to roll back on a closed connection
+            await lean.connection.invalidate()
+            return
         sa_connection = await session.connection()
         raw = await sa_connection.get_raw_connection()
         adapted: Any = raw.dbapi_connection

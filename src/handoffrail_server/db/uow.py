@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from handoffrail_server.db import fast
 
 P = TypeVar("P", asyncio.Lock, asyncio.Semaphore)
 
@@ -118,6 +120,10 @@ async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterat
     bind = factory.kw.get("bind")
     lock = _writer_lock(bind)
     async with lock if lock is not None else _slot(bind):
+        if isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql":
+            async with _on_one_connection(factory, bind) as session:
+                yield session
+            return
         session = factory()
         try:
             yield session
@@ -128,3 +134,39 @@ async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterat
         # Committed: the transaction has ended and handed its connection back to the pool, so
         # `close()` would only empty the identity map (a greenlet hop, ~4 % of a create's CPU);
         # the session is dropped instead.
+
+
+@asynccontextmanager
+async def _on_one_connection(
+    factory: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> AsyncIterator[AsyncSession]:
+    """PostgreSQL: raw statements (`db.fast`) check out the unit of work's own connection and
+    bind the session to it; the unit commits that connection's driver transaction itself.
+
+    A request that never touches the ORM so skips the session's transaction bookkeeping and
+    its greenlet hops (about 0.15 ms of CPU per request: half of what a session-managed
+    transaction costs). ORM use joins the same connection and transaction, and the session
+    then commits it, as before. Nothing is checked out until the first statement (a request
+    refused before it needs the database does not need a connection)."""
+    session = factory()
+    lean = fast.Lean(engine)
+    session.info[fast.LEAN_KEY] = lean
+    try:
+        yield session
+        if session.in_transaction() or session.new or session.deleted or session.dirty:
+            await session.commit()  # the ORM was used: its transaction is the connection's
+        await lean.commit()
+    except BaseException:
+        await asyncio.shield(_abandon(session, lean.connection))
+        raise
+    if lean.connection is not None:
+        await lean.connection.close()  # back to the pool; nothing is left to roll back
+
+
+async def _abandon(session: AsyncSession, connection: AsyncConnection | None) -> None:
+    """Roll back whatever the block left and return the connection(s) to the pool."""
+    try:
+        await session.close()
+    finally:
+        if connection is not None:
+            await connection.close()  # the pool's reset rolls back an open driver transaction

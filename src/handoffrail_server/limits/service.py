@@ -115,7 +115,7 @@ _recently_seen: weakref.WeakKeyDictionary[Any, RecentAgents] = weakref.WeakKeyDi
 
 
 def _recent_agents(session: AsyncSession) -> RecentAgents:
-    engine = session.get_bind()
+    engine = session.get_bind().engine  # the Engine also when bound to one of its connections
     memory = _recently_seen.get(engine)
     if memory is None:
         memory = _recently_seen[engine] = RecentAgents()

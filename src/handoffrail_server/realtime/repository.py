@@ -70,7 +70,7 @@ assert f"* {XID_SPAN} +" in _PG_INSERT_SQL
 
 def _next_position(session: AsyncSession) -> int:
     """0, 1, 2... within the session's current (outermost) transaction."""
-    root = session.sync_session.get_transaction()
+    root = fast.transaction_identity(session)
     owner, used = session.info.get(POSITION_KEY, (None, 0))
     position = used if owner is root else 0
     if position >= XID_SPAN:
