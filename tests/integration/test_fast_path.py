@@ -19,8 +19,10 @@ from handoffrail_server.db import fast, migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import PacketTag, StreamEvent, Tenant, TenantUsage
 from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.keys import repository as keys
 from handoffrail_server.limits import repository as usage
 from handoffrail_server.limits import service as quotas
+from handoffrail_server.packets import repository as packets
 from handoffrail_server.realtime import service as streams
 
 pytestmark = pytest.mark.postgres
@@ -306,3 +308,20 @@ async def test_per_engine_memories_survive_units_bound_to_connections(
         first = quotas._recent_agents(session)
     async with unit_of_work(sessions) as session:
         assert quotas._recent_agents(session) is first
+
+
+async def test_plain_reads_run_before_the_begin_and_writes_open_the_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    async with unit_of_work(sessions) as session:
+        assert await packets.get(session, tenant_id, uuid.uuid4()) is None
+        assert await keys.principal_row(session, "no-such-hash") is None
+        lean = session.info[fast.LEAN_KEY]
+        assert lean.driver is not None
+        assert not lean.driver.is_in_transaction()  # a read-only unit: no BEGIN, no COMMIT
+        await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)
+        assert lean.driver.is_in_transaction()
+        assert await packets.get(session, tenant_id, uuid.uuid4()) is None  # now inside it
+        assert lean.driver.is_in_transaction()
+    assert await _handoffs(sessions, tenant_id) == 1

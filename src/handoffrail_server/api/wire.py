@@ -8,10 +8,10 @@ otherwise surface as a 500 on one database or both.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, model_validator
 
 MAX_DEPTH = 64
@@ -52,18 +52,21 @@ def _valid_unicode(text: str) -> bool:
 def _surely_storable(value: Any) -> bool:
     """A cheap proof that `value` holds nothing unstorable; False means "walk it to find out".
 
-    The C JSON encoder refuses non-finite numbers, writes NUL as `\\u0000` (the text may hold
-    that sequence literally too: then the walk decides), leaves other characters as they are
-    (`ensure_ascii=False`), so an unpaired surrogate anywhere makes the UTF-8 encoding fail, and
-    each level of nesting opens at least one `{` or `[`, so fewer of those than MAX_DEPTH bounds
-    the depth.
+    orjson refuses an unpaired surrogate anywhere (and what it cannot encode at all, such as
+    integers beyond 64 bits), writes NUL as `\\u0000` (the text may hold that sequence
+    literally too: then the walk decides) and non-finite numbers as `null`, so they do not
+    survive the round trip unchanged; each level of nesting opens at least one `{` or `[`, so
+    fewer of those than MAX_DEPTH bounds the depth. (A third of `json.dumps`'s cost.)
     """
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-        text.encode("utf-8")
-    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        text = orjson.dumps(value)
+    except (TypeError, ValueError, RecursionError):  # orjson.JSONEncodeError is a TypeError
         return False
-    return "\\u0000" not in text and text.count("{") + text.count("[") <= MAX_DEPTH
+    return (
+        b"\\u0000" not in text
+        and text.count(b"{") + text.count(b"[") <= MAX_DEPTH
+        and orjson.loads(text) == value
+    )
 
 
 class NoNulModel(BaseModel):

@@ -125,12 +125,17 @@ def transaction_identity(session: AsyncSession) -> object:
     return session.sync_session.get_transaction()
 
 
-async def connection(session: AsyncSession) -> asyncpg.Connection | None:
-    """The asyncpg connection of the session's transaction, or None when not on PostgreSQL."""
+async def connection(session: AsyncSession, *, begin: bool = True) -> asyncpg.Connection | None:
+    """The asyncpg connection of the session's transaction, or None when not on PostgreSQL.
+
+    `begin=False` is for a plain SELECT (no row locks, nothing transaction-local): while a unit
+    of work has not written yet, it runs before the BEGIN. Under READ COMMITTED a statement
+    sees the same rows either way (each takes its own snapshot), and a unit that never writes
+    (a read, a refused claim, a bad key) then needs neither BEGIN nor COMMIT."""
     lean = _lean(session)
     if lean is not None:
         lean_driver = await lean.checkout(session)
-        if lean.adapted._transaction is None:
+        if begin and lean.adapted._transaction is None:
             async with translated(session):
                 await lean.adapted._start_transaction()
         return lean_driver

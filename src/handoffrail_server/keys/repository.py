@@ -40,7 +40,7 @@ async def principal_row(session: AsyncSession, key_hash: str) -> Any:
     """The key with this hash joined to its tenant (one round trip), revoked or not.
 
     Attribute access by column name (`row.tier`) on either backend."""
-    driver = await fast.connection(session)
+    driver = await fast.connection(session, begin=False)
     if driver is None:
         lite = await fast_sqlite.connection(session)
         assert lite is not None  # PostgreSQL or SQLite

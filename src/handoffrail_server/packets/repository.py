@@ -168,7 +168,7 @@ async def get(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> Pa
 
     On PostgreSQL a transient value (not in the identity map): packets change only through
     `compare_and_set`, never by assigning attributes."""
-    driver = await fast.connection(session)
+    driver = await fast.connection(session, begin=False)
     if driver is not None:
         columns = fast.select_list(Packet)
         sql = f"SELECT {columns} FROM packet WHERE id = $1 AND tenant_id = $2"  # noqa: S608  # nosec B608 - model identifiers, bound values
