@@ -134,6 +134,33 @@ async def test_cookie_is_secure_over_https(api: Api) -> None:
     assert "secure" in response.headers["set-cookie"].lower()
 
 
+async def test_links_redirects_and_cookies_stay_below_a_root_path(api: Api) -> None:
+    """Behind a proxy prefix (`--root-path /hr`) every link, form, redirect and cookie of the
+    dashboard carries the prefix; a browser would otherwise leave the app or drop the cookie."""
+    key = await make_key(api, Role.AGENT)
+    transport = httpx.ASGITransport(app=api.app, root_path="/hr")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        form = await client.get("/hr/dashboard")
+        assert form.status_code == 200, form.text
+        for expected in (
+            'action="/hr/dashboard/session"',
+            'href="/hr/dashboard/static/dashboard.css"',
+            'src="/hr/dashboard/static/dashboard.js"',
+            'data-base="/hr/dashboard"',  # the live stream's URL in dashboard.js
+        ):
+            assert expected in form.text
+        signed_in = await client.post(
+            "/hr/dashboard/session", data={"api_key": key.plain, "csrf_token": csrf_of(form.text)}
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        assert signed_in.headers["location"] == "/hr/dashboard/inbox"
+        assert "path=/hr/dashboard" in signed_in.headers["set-cookie"].lower()
+        inbox = await client.get("/hr/dashboard/inbox")
+        assert inbox.status_code == 200
+        assert 'href="/hr/dashboard/inbox"' in inbox.text
+        assert '"/dashboard' not in inbox.text
+
+
 async def test_bad_key_shows_the_form_again_with_an_error(
     api: Api, browser: httpx.AsyncClient
 ) -> None:

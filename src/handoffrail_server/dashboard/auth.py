@@ -26,7 +26,8 @@ from handoffrail_server.tenants import service as tenants
 
 SESSION_COOKIE = "hr_dashboard"
 LOGIN_COOKIE = "hr_dashboard_login"
-COOKIE_PATH = "/dashboard"
+#: where the dashboard lives below the app's root path (its cookies are scoped to it)
+PATH = "/dashboard"
 SESSION_MAX_AGE = 12 * 3600
 LOGIN_MAX_AGE = 3600
 _SESSION_PURPOSE = b"handoffrail.dashboard.session.v1|"

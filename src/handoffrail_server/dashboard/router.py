@@ -45,7 +45,7 @@ from handoffrail_server.packets.schemas import HitlRespond, PacketContext, Packe
 from handoffrail_server.packets.service import PacketService, to_read
 from handoffrail_server.realtime import service as streams
 
-router = APIRouter(prefix="/dashboard", include_in_schema=False)
+router = APIRouter(prefix=auth.PATH, include_in_schema=False)
 log = structlog.get_logger(__name__)
 
 _HERE = Path(__file__).parent
@@ -86,12 +86,19 @@ def _secret(state: AppState) -> str:
     return state.settings.secret_key.get_secret_value()
 
 
+def _base(request: Request) -> str:
+    """The dashboard's own path as the browser sees it: below the app's root path (a proxy's
+    prefix, `--root-path`), where links, redirects and cookies must point."""
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/") + auth.PATH
+
+
 def _set_cookie(response: Response, request: Request, name: str, value: str, age: int) -> None:
     response.set_cookie(
         name,
         value,
         max_age=age,
-        path=auth.COOKIE_PATH,
+        path=_base(request),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -101,7 +108,7 @@ def _set_cookie(response: Response, request: Request, name: str, value: str, age
 def _clear_cookie(response: Response, request: Request, name: str) -> None:
     response.delete_cookie(
         name,
-        path=auth.COOKIE_PATH,
+        path=_base(request),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -116,7 +123,12 @@ def _page(
     viewer: Viewer | None = None,
     status: int = 200,
 ) -> Response:
-    values = {"viewer": viewer, "csrf_token": viewer.csrf_token if viewer else "", **context}
+    values = {
+        "viewer": viewer,
+        "csrf_token": viewer.csrf_token if viewer else "",
+        "base": _base(request),
+        **context,
+    }
     return TEMPLATES.TemplateResponse(
         request, name, values, status_code=status, headers=_PAGE_HEADERS
     )
@@ -129,12 +141,15 @@ def _error(
     return _page(request, "error.html", context, viewer=viewer, status=status)
 
 
-def _redirect(path: str) -> RedirectResponse:
-    return RedirectResponse(path, status_code=303, headers={"Cache-Control": "no-store"})
+def _redirect(request: Request, page: str = "") -> RedirectResponse:
+    """303 to a dashboard page (`""` is the sign-in page, `"/inbox"` the inbox)."""
+    return RedirectResponse(
+        _base(request) + page, status_code=303, headers={"Cache-Control": "no-store"}
+    )
 
 
 def _to_signin(request: Request) -> Response:
-    response = _redirect("/dashboard")
+    response = _redirect(request)
     if auth.SESSION_COOKIE in request.cookies:
         _clear_cookie(response, request, auth.SESSION_COOKIE)
     return response
@@ -199,7 +214,7 @@ def _signin_page(
 async def signin_form(request: Request, state: State, session: Session) -> Response:
     """The sign-in form, or the inbox when already signed in."""
     if await _viewer(request, state, session) is not None:
-        return _redirect("/dashboard/inbox")
+        return _redirect(request, "/inbox")
     return _signin_page(request, state, None)
 
 
@@ -223,7 +238,7 @@ async def sign_in(request: Request, state: State, session: Session) -> Response:
     token = auth.new_session_token(
         secret, key_id=principal.key_id, tenant_id=principal.tenant_id, now=now
     )
-    response = _redirect("/dashboard/inbox")
+    response = _redirect(request, "/inbox")
     _set_cookie(response, request, auth.SESSION_COOKIE, token, auth.SESSION_MAX_AGE)
     _clear_cookie(response, request, auth.LOGIN_COOKIE)
     log.info("dashboard.signed_in", key_id=principal.key_id, tenant_id=principal.tenant_id)
@@ -238,7 +253,7 @@ async def sign_out(request: Request, state: State, session: Session) -> Response
         return _to_signin(request)
     if not auth.csrf_ok(viewer, (await _form(request)).get("csrf_token", "")):
         return _error(request, viewer, 403, "Forbidden", "Missing or wrong CSRF token.")
-    response = _redirect("/dashboard")
+    response = _redirect(request)
     _clear_cookie(response, request, auth.SESSION_COOKIE)
     return response
 
@@ -318,7 +333,7 @@ async def respond(ref: str, request: Request, state: State, session: Session) ->
     except ValidationError:
         return _error(request, viewer, 400, "Bad request", "The edited packet is not valid.")
     log.info("dashboard.hitl_decision", packet_id=str(packet_id), action=action)
-    return _redirect("/dashboard/inbox")
+    return _redirect(request, "/inbox")
 
 
 # -- live updates and static files --------------------------------------------------------

@@ -38,7 +38,8 @@
       }
     }
 
-    var source = new EventSource("/dashboard/events");
+    var base = document.body.getAttribute("data-base") || "/dashboard";
+    var source = new EventSource(base + "/events");
     source.onopen = function () {
       setState("open", "on");
     };
