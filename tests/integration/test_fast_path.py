@@ -60,6 +60,16 @@ async def _handoffs(sessions: async_sessionmaker[AsyncSession], tenant_id: str) 
         return int((await session.execute(query)).scalar_one())
 
 
+async def _kill_backend(postgres_url: str, driver: asyncpg.Connection) -> None:
+    """Terminate the server process behind `driver`, as a restart or a cut connection would."""
+    pid = await driver.fetchval("SELECT pg_backend_pid()")
+    admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+
+
 async def test_a_raw_first_statement_is_inside_the_transaction(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -116,18 +126,12 @@ async def test_a_lost_connection_is_a_503_kind_error_and_the_pool_recovers(
     sessions: async_sessionmaker[AsyncSession], postgres_url: str
 ) -> None:
     tenant_id = await _tenant(sessions)
-    admin_dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
     async def lose_the_connection_mid_unit() -> None:
         async with unit_of_work(sessions) as session:
             driver = await fast.connection(session)
             assert driver is not None
-            pid = await driver.fetchval("SELECT pg_backend_pid()")
-            admin = await asyncpg.connect(admin_dsn)
-            try:
-                await admin.execute("SELECT pg_terminate_backend($1)", pid)
-            finally:
-                await admin.close()
+            await _kill_backend(postgres_url, driver)
             await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)
 
     with pytest.raises(sa_exc.OperationalError) as caught:
@@ -256,19 +260,13 @@ async def test_a_connection_lost_before_commit_is_a_503_kind_error(
     sessions: async_sessionmaker[AsyncSession], postgres_url: str
 ) -> None:
     tenant_id = await _tenant(sessions)
-    admin_dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
     async def lose_it_before_commit() -> None:
         async with unit_of_work(sessions) as session:
             await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)
             driver = await fast.connection(session)
             assert driver is not None
-            pid = await driver.fetchval("SELECT pg_backend_pid()")
-            admin = await asyncpg.connect(admin_dsn)
-            try:
-                await admin.execute("SELECT pg_terminate_backend($1)", pid)
-            finally:
-                await admin.close()
+            await _kill_backend(postgres_url, driver)
 
     with pytest.raises(sa_exc.OperationalError) as caught:
         await lose_it_before_commit()  # the COMMIT itself meets the dead connection

@@ -116,6 +116,17 @@ def _lean(session: AsyncSession) -> Lean | None:
     return lean
 
 
+async def _begin(session: AsyncSession, adapted: Any) -> None:
+    """BEGIN on SQLAlchemy's asyncpg adapter unless its transaction has started.
+
+    The adapter sends BEGIN lazily with the first statement it executes (private API, pinned by
+    uv.lock; tests/integration/test_fast_path.py guards it): a raw statement before that would
+    run outside the transaction."""
+    if adapted._transaction is None:
+        async with translated(session):
+            await adapted._start_transaction()
+
+
 def transaction_identity(session: AsyncSession) -> object:
     """What stays the same for as long as the session's database transaction lasts: the unit
     of work's connection, or else the session's outermost transaction."""
@@ -135,9 +146,8 @@ async def connection(session: AsyncSession, *, begin: bool = True) -> asyncpg.Co
     lean = _lean(session)
     if lean is not None:
         lean_driver = await lean.checkout(session)
-        if begin and lean.adapted._transaction is None:
-            async with translated(session):
-                await lean.adapted._start_transaction()
+        if begin:
+            await _begin(session, lean.adapted)
         return lean_driver
     if session.get_bind().dialect.name != "postgresql":
         return None
@@ -149,12 +159,7 @@ async def connection(session: AsyncSession, *, begin: bool = True) -> asyncpg.Co
     sa_connection = await session.connection()
     raw = await sa_connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
-    # SQLAlchemy's asyncpg adapter sends BEGIN lazily with the first statement it executes
-    # (private API, pinned by uv.lock; tests/integration/test_fast_path.py guards it): a raw
-    # statement before that would run outside the transaction.
-    if adapted._transaction is None:
-        async with translated(session):
-            await adapted._start_transaction()
+    await _begin(session, adapted)
     driver = raw.driver_connection
     session.info[_KEY] = (_current_transaction(session), driver)
     return driver
