@@ -17,13 +17,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from handoffrail_server.clock import SystemClock
 from handoffrail_server.db import fast, migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
-from handoffrail_server.db.models import PacketTag, StreamEvent, Tenant, TenantUsage
+from handoffrail_server.db.models import (
+    PacketEvent,
+    PacketTag,
+    StreamEvent,
+    Tenant,
+    TenantUsage,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.keys import repository as keys
 from handoffrail_server.limits import repository as usage
 from handoffrail_server.limits import service as quotas
 from handoffrail_server.packets import repository as packets
+from handoffrail_server.packets.schemas import PacketCreate
+from handoffrail_server.packets.service import PacketService
 from handoffrail_server.realtime import service as streams
+from tests.conftest import packet_body
 
 pytestmark = pytest.mark.postgres
 
@@ -323,3 +334,139 @@ async def test_plain_reads_run_before_the_begin_and_writes_open_the_transaction(
         assert await packets.get(session, tenant_id, uuid.uuid4()) is None  # now inside it
         assert lean.driver.is_in_transaction()
     assert await _handoffs(sessions, tenant_id) == 1
+
+
+async def _tenant_rows(sessions: async_sessionmaker[AsyncSession], *ids: str) -> int:
+    async with unit_of_work(sessions) as session:
+        query = select(func.count()).select_from(Tenant).where(Tenant.id.in_(ids))
+        return int((await session.execute(query)).scalar_one())
+
+
+_INSERT_TENANT = (
+    "INSERT INTO tenant (id, name, tier, is_operator, created_at, updated_at)"
+    " VALUES ($1, $1, 'free', false, now(), now())"
+)
+
+
+async def test_a_last_write_of_a_unit_that_wrote_nothing_commits_on_its_own(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    first = f"t-{uuid.uuid4().hex[:8]}"
+    async with unit_of_work(sessions) as session:
+        driver = await fast.connection(session, last=True)
+        assert driver is not None
+        assert not driver.is_in_transaction()  # no BEGIN: PostgreSQL commits the statement
+        await driver.execute(_INSERT_TENANT, first)
+        assert session.info[fast.LEAN_KEY].finished
+        assert await fast.connection(session, begin=False) is driver  # reads may follow
+    assert _checked_out(sessions) == 0
+    assert await _tenant_rows(sessions, first) == 1
+
+
+async def test_a_last_write_after_other_writes_joins_their_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    other = f"t-{uuid.uuid4().hex[:8]}"
+
+    async def write_then_fail() -> None:
+        async with unit_of_work(sessions) as session:
+            await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)
+            driver = await fast.connection(session, last=True)
+            assert driver is not None
+            assert driver.is_in_transaction()
+            assert not session.info[fast.LEAN_KEY].finished
+            await driver.execute(_INSERT_TENANT, other)
+            raise RuntimeError("roll back both")
+
+    with pytest.raises(RuntimeError):
+        await write_then_fail()
+    assert await _handoffs(sessions, tenant_id) == 0
+    assert await _tenant_rows(sessions, other) == 0
+
+
+async def test_writes_after_the_last_statement_are_refused(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    first, second = (f"t-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    now = datetime.now(UTC)
+
+    async def raw_after_last() -> None:
+        async with unit_of_work(sessions) as session:
+            driver = await fast.connection(session, last=True)
+            assert driver is not None
+            await driver.execute(_INSERT_TENANT, first)
+            await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)  # raw: refused
+
+    async def orm_after_last() -> None:
+        async with unit_of_work(sessions) as session:
+            driver = await fast.connection(session, last=True)
+            assert driver is not None
+            await driver.execute(_INSERT_TENANT, second)
+            session.add(Tenant(id=f"{second}-orm", name="x", created_at=now, updated_at=now))
+
+    with pytest.raises(fast.UnitFinished):
+        await raw_after_last()
+    with pytest.raises(fast.UnitFinished):
+        await orm_after_last()  # refused at commit
+    # what the last statement wrote had committed; what came after it did not
+    assert await _tenant_rows(sessions, first, second) == 2
+    assert await _tenant_rows(sessions, f"{second}-orm") == 0
+    assert await _handoffs(sessions, tenant_id) == 0
+    assert _checked_out(sessions) == 0
+
+
+async def test_a_single_create_is_one_statement_that_commits_on_its_own(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    now = datetime.now(UTC)
+    async with unit_of_work(sessions) as session:
+        for index, events in enumerate((["packet.created"], ["packet.claimed"])):
+            session.add(
+                WebhookEndpoint(
+                    id=f"{tenant_id}-hook-{index}",
+                    tenant_id=tenant_id,
+                    url="https://example.com/hook",
+                    events=events,
+                    secret_encrypted="x",
+                    active=True,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    async with unit_of_work(sessions) as session:
+        service = PacketService(session, SystemClock(), tenant_id)
+        body = PacketCreate.model_validate(packet_body(tags=["vip", "vip", "eu"]))
+        packet = await service.create(body, last=True)
+        lean = session.info[fast.LEAN_KEY]
+        assert lean.finished  # written without BEGIN/COMMIT
+        assert not lean.driver.is_in_transaction()
+    async with unit_of_work(sessions) as session:
+        tags = await session.scalars(select(PacketTag.tag).where(PacketTag.packet_id == packet.id))
+        assert sorted(tags) == ["eu", "vip"]
+        [event] = await session.scalars(
+            select(PacketEvent).where(PacketEvent.packet_id == packet.id)
+        )
+        assert event.event_type == "created"
+        assert (
+            await session.scalar(
+                select(func.count())
+                .select_from(StreamEvent)
+                .where(StreamEvent.packet_id == packet.id)
+            )
+            == 1
+        )
+        [delivery] = await session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.packet_id == packet.id)
+        )
+        assert delivery.webhook_id == f"{tenant_id}-hook-0"  # only the subscribed endpoint
+        assert (delivery.status, delivery.attempts, delivery.event_type) == (
+            "pending",
+            0,
+            "packet.created",
+        )
+        assert delivery.payload["packet_id"] == str(packet.id)
+        assert delivery.payload["metadata"]["source_agent"]["id"] == "sales-01"
+        assert delivery.next_attempt_at == delivery.created_at

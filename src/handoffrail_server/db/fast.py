@@ -67,13 +67,15 @@ class Lean:
     driver transaction with `commit()`: no session transaction, no greenlet hops. A unit whose
     first statement comes from the ORM leaves this unused: the session owns everything."""
 
-    __slots__ = ("adapted", "connection", "driver", "engine")
+    __slots__ = ("adapted", "connection", "driver", "engine", "finished")
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.connection: AsyncConnection | None = None
         self.adapted: Any = None
         self.driver: asyncpg.Connection | None = None
+        #: the unit's last write ran on its own, committed by PostgreSQL (`connection(last=)`)
+        self.finished = False
 
     async def checkout(self, session: AsyncSession) -> asyncpg.Connection:
         """The driver connection, checked out (and the session bound to it) on first use."""
@@ -136,18 +138,35 @@ def transaction_identity(session: AsyncSession) -> object:
     return session.sync_session.get_transaction()
 
 
-async def connection(session: AsyncSession, *, begin: bool = True) -> asyncpg.Connection | None:
+class UnitFinished(RuntimeError):
+    """A write after the statement a unit of work declared its last (a programming error)."""
+
+
+async def connection(
+    session: AsyncSession, *, begin: bool = True, last: bool = False
+) -> asyncpg.Connection | None:
     """The asyncpg connection of the session's transaction, or None when not on PostgreSQL.
 
     `begin=False` is for a plain SELECT (no row locks, nothing transaction-local): while a unit
     of work has not written yet, it runs before the BEGIN. Under READ COMMITTED a statement
     sees the same rows either way (each takes its own snapshot), and a unit that never writes
-    (a read, a refused claim, a bad key) then needs neither BEGIN nor COMMIT."""
+    (a read, a refused claim, a bad key) then needs neither BEGIN nor COMMIT.
+
+    `last=True` promises that the unit of work writes nothing after this statement. If it has
+    not written before either, the statement runs without BEGIN: PostgreSQL commits a lone
+    statement on its own, all of it or nothing, so the unit saves the BEGIN and COMMIT round
+    trips. A later write in that unit raises `UnitFinished` (and so does ORM work, at commit:
+    db/uow.py), since it could no longer be atomic with the first."""
     lean = _lean(session)
     if lean is not None:
+        if lean.finished and begin:
+            raise UnitFinished("this unit of work already committed its last statement")
         lean_driver = await lean.checkout(session)
         if begin:
-            await _begin(session, lean.adapted)
+            if last and lean.adapted._transaction is None:
+                lean.finished = True
+            else:
+                await _begin(session, lean.adapted)
         return lean_driver
     if session.get_bind().dialect.name != "postgresql":
         return None

@@ -154,6 +154,8 @@ async def _on_one_connection(
     try:
         yield session
         if session.in_transaction() or session.new or session.deleted or session.dirty:
+            if lean.finished:
+                raise fast.UnitFinished("ORM work after the unit's last statement (rolled back)")
             await session.commit()  # the ORM was used: its transaction is the connection's
         await lean.commit()
     except BaseException:

@@ -96,24 +96,29 @@ _PG_TAGS_SQL = (
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one packet state change writes: the packet (when new), its history event, its stream
-    event, and (`webhook_event`) which webhook event to look for subscribers of."""
+    event, and the webhook event (`webhook`) to fan out to the endpoints subscribed to it.
+
+    `last`: the unit of work writes nothing after this change (`fast.connection(last=True)`)."""
 
     event: PacketEvent
     stream_event: StreamEvent
     created: Packet | None = None
     tags: Sequence[str] = ()
-    webhook_event: str | None = None
+    webhook: webhook_rows.PacketWebhook | None = None
+    last: bool = False
 
 
 async def write_change(session: AsyncSession, change: Change) -> bool:
-    """Write a change in the caller's transaction; True when a webhook endpoint of the tenant
-    may want `webhook_event`.
+    """Write a change in the caller's transaction; True when the caller must still fan the
+    webhook event out (an endpoint of the tenant may want it).
 
-    PostgreSQL: one statement (data-modifying CTEs: packet, tags, event, stream event; the
-    subscribed-webhook lookup as its query) instead of five round trips. SQLite: the same
-    statements one after another in one hop to the driver's thread.
+    PostgreSQL: one statement (data-modifying CTEs: packet, tags, event, stream event, one
+    outbox row per subscribed endpoint) instead of six round trips; it never leaves a fan-out
+    to the caller. A `last` change of a unit of work that has not written yet runs without
+    BEGIN/COMMIT. SQLite: the same statements one after another in one hop to the driver's
+    thread, with the subscribed-webhook lookup as its query.
     """
-    driver = await fast.connection(session)
+    driver = await fast.connection(session, last=change.last)
     if driver is None:
         return await _write_change_sqlite(session, change)
     writes: list[fast.Statement] = []
@@ -125,12 +130,10 @@ async def write_change(session: AsyncSession, change: Change) -> bool:
             writes.append(fast.Statement(_PG_TAGS_SQL, (packet.id, tags, packet.tenant_id)))
     writes.append(fast.insert_statement([change.event]))
     writes.append(stream_log.pg_insert(session, change.stream_event))
-    if change.webhook_event is None:
-        await fast.fetch(session, driver, fast.together(writes, fast.Statement("SELECT 1")))
-        return False
-    query = webhook_rows.subscribed_events(change.event.tenant_id)
-    rows = await fast.fetch(session, driver, fast.together(writes, query))
-    return webhook_rows.wants(rows, change.webhook_event)
+    if change.webhook is not None:
+        writes.append(webhook_rows.pg_fan_out(change.event.tenant_id, change.webhook))
+    await fast.fetch(session, driver, fast.together(writes, fast.Statement("SELECT 1")))
+    return False
 
 
 async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
@@ -148,12 +151,12 @@ async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
             writes.append(fast_sqlite.insert_statement(session, tag_rows))
     writes.append(fast_sqlite.insert_statement(session, [change.event]))
     writes.append(stream_log.sqlite_insert(session, change.stream_event))
-    if change.webhook_event is None:
+    if change.webhook is None:
         await fast_sqlite.run(lite, writes)
         return False
     query = webhook_rows.sqlite_subscribed_events(change.event.tenant_id)
     rows = await fast_sqlite.run(lite, writes, query)
-    return webhook_rows.sqlite_wants(rows, change.webhook_event)
+    return webhook_rows.sqlite_wants(rows, change.webhook.event_type)
 
 
 _GET = (

@@ -80,7 +80,7 @@ async def create_packet(
 ) -> PacketRead:
     """Create a packet."""
     service = _service(request, session, caller)
-    return to_read(await service.create(body))
+    return to_read(await service.create(body, last=True))
 
 
 @router.get("", response_model=PacketPage)

@@ -125,9 +125,11 @@ class PacketService:
         from_status: str | None = None,
         details: dict[str, Any] | None = None,
         created_tags: Sequence[str] | None = None,
+        last: bool = False,
     ) -> None:
         """Append an event row (and its stream event and webhook outbox rows) in the current
-        transaction; with `created_tags`, insert `packet` and its tags first."""
+        transaction; with `created_tags`, insert `packet` and its tags first. `last`: the unit
+        of work writes nothing after this (see `repository.Change`)."""
         body = dict(details or {})
         if self.key_id:
             body.setdefault("api_key_id", self.key_id)
@@ -154,26 +156,27 @@ class PacketService:
             details=details,
             hitl=packet.hitl,
         )
-        change = repository.Change(
-            event=event,
-            stream_event=stream_event,
-            created=packet if created_tags is not None else None,
-            tags=created_tags or (),
-            webhook_event=webhooks.event_name(event_type),
-        )
-        may_have_subscriber = await repository.write_change(self.session, change)
-        streams.wake_after_commit(self.session, self.tenant_id)
-        # Transactional outbox: webhook rows commit (or roll back) with the state change.
-        await webhooks.enqueue_packet_event(
-            self.session,
+        webhook = webhooks.packet_webhook(
             self.clock,
-            tenant_id=self.tenant_id,
             history_event=event_type,
             packet_id=packet.id,
             status=packet.status,
             metadata=packet.packet_metadata,
             details=details,
-            may_have_subscriber=may_have_subscriber,
+        )
+        change = repository.Change(
+            event=event,
+            stream_event=stream_event,
+            created=packet if created_tags is not None else None,
+            tags=created_tags or (),
+            webhook=webhook,
+            last=last,
+        )
+        fan_out = await repository.write_change(self.session, change)
+        streams.wake_after_commit(self.session, self.tenant_id)
+        # Transactional outbox: webhook rows commit (or roll back) with the state change.
+        await webhooks.enqueue_packet_event(
+            self.session, self.tenant_id, webhook, may_have_subscriber=fan_out
         )
         if event_type == "created":
             metrics.PACKETS_CREATED.labels(self.tenant_id).inc()
@@ -195,6 +198,7 @@ class PacketService:
         *,
         parent_packet_id: uuid.UUID | None,
         prefix_conversation: Sequence[dict[str, Any]] = (),
+        last: bool = False,
     ) -> Packet:
         document = body.model_dump(mode="json", exclude={"schema_id", "parent_packet_id"})
         if prefix_conversation:
@@ -264,14 +268,18 @@ class PacketService:
             f"agent:{packet.source_agent_id}",
             details=details,
             created_tags=tags,
+            last=last,
         )
         return packet
 
-    async def create(self, body: PacketCreate) -> Packet:
-        """Create a packet; a `parent_packet_id` must name a packet of the same tenant."""
+    async def create(self, body: PacketCreate, *, last: bool = False) -> Packet:
+        """Create a packet; a `parent_packet_id` must name a packet of the same tenant.
+
+        `last=True`: the unit of work writes nothing else (a single create request), so on
+        PostgreSQL the packet may be written by one statement that commits on its own."""
         if body.parent_packet_id is not None:
             await self.load(body.parent_packet_id)
-        return await self._insert(body, parent_packet_id=body.parent_packet_id)
+        return await self._insert(body, parent_packet_id=body.parent_packet_id, last=last)
 
     async def create_many(self, raw_packets: list[dict[str, Any]]) -> BatchCreated:
         """Create each valid packet; report the others by index."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +47,45 @@ _ACTIVE_ENDPOINTS = select(WebhookEndpoint).where(
 
 _SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = $1 AND active"
 _SQLITE_SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = ? AND active"
+
+
+@dataclass(frozen=True, slots=True)
+class PacketWebhook:
+    """The webhook event of one packet state change, before it is fanned out to the endpoints
+    that subscribe to it (one outbox row each, the same `event_id`)."""
+
+    event_id: uuid.UUID
+    event_type: str
+    packet_id: uuid.UUID
+    payload: dict[str, Any]
+    at: datetime
+
+
+#: one pending delivery per active endpoint of the tenant subscribed to the event (`events` is a
+#: JSON array of event names: `?` asks whether it holds this one)
+_PG_FAN_OUT_SQL = (
+    "INSERT INTO webhook_delivery (id, tenant_id, webhook_id, event_id, packet_id, event_type,"
+    " payload, status, attempts, next_attempt_at, created_at, updated_at)"
+    " SELECT gen_random_uuid(), tenant_id, id, $1::uuid, $2::uuid, $3::varchar, $4::jsonb,"
+    " 'pending', 0, $5::timestamptz, $5::timestamptz, $5::timestamptz"
+    " FROM webhook_endpoint WHERE tenant_id = $6::varchar AND active AND events ? $3::varchar"
+)
+
+
+def pg_fan_out(tenant_id: str, event: PacketWebhook) -> fast.Statement:
+    """PostgreSQL: the outbox rows of `event` as one INSERT … SELECT (no read beforehand; it
+    inserts nothing when no endpoint subscribes), to run inside a change's statement."""
+    return fast.Statement(
+        _PG_FAN_OUT_SQL,
+        (
+            event.event_id,
+            event.packet_id,
+            event.event_type,
+            fast.dump_json(event.payload),
+            event.at,
+            tenant_id,
+        ),
+    )
 
 
 def subscribed_events(tenant_id: str) -> fast.Statement:

@@ -276,43 +276,20 @@ async def send_test(
     return delivery_to_read(delivery)
 
 
-def event_name(history_event: str) -> str | None:
-    """The webhook event a packet history event fires (None: no webhook for it)."""
-    return EVENT_NAMES.get(history_event)
-
-
-async def enqueue_packet_event(
-    session: AsyncSession,
+def packet_webhook(
     clock: Clock,
     *,
-    tenant_id: str,
     history_event: str,
     packet_id: uuid.UUID,
     status: str,
     metadata: dict[str, Any],
     details: dict[str, Any] | None,
-    may_have_subscriber: bool | None = None,
-) -> int:
-    """Write one outbox row per active endpoint subscribed to this event; returns the count.
-
-    `may_have_subscriber=False`: the caller has already found no subscriber in this
-    transaction (`event_name` + `repository.wants`), so nothing is read again."""
+) -> repository.PacketWebhook | None:
+    """The webhook event a packet history event fires, with its payload (None: no webhook)."""
     event_type = EVENT_NAMES.get(history_event)
-    if event_type is None or may_have_subscriber is False:
-        return 0
-    if may_have_subscriber is None and not await repository.may_have_subscriber(
-        session, tenant_id, event_type
-    ):
-        return 0
-    targets = [
-        row
-        for row in await repository.active_endpoints(session, tenant_id)
-        if event_type in row.events
-    ]
-    if not targets:
-        return 0
+    if event_type is None:
+        return None
     now = clock.now()
-    event_id = uuid.uuid4()
     payload: dict[str, Any] = {
         "event": event_type,
         "timestamp": now.isoformat(),
@@ -322,9 +299,39 @@ async def enqueue_packet_event(
     }
     if details:
         payload["details"] = {key: value for key, value in details.items() if key != "response"}
+    return repository.PacketWebhook(uuid.uuid4(), event_type, packet_id, payload, now)
+
+
+async def enqueue_packet_event(
+    session: AsyncSession,
+    tenant_id: str,
+    event: repository.PacketWebhook | None,
+    *,
+    may_have_subscriber: bool | None = None,
+) -> int:
+    """Write one outbox row per active endpoint subscribed to `event`; returns the count.
+
+    `may_have_subscriber=False`: the caller has already found no subscriber in this
+    transaction (or wrote the rows itself: `repository.pg_fan_out`), so nothing is read again."""
+    if event is None or may_have_subscriber is False:
+        return 0
+    if may_have_subscriber is None and not await repository.may_have_subscriber(
+        session, tenant_id, event.event_type
+    ):
+        return 0
+    targets = [
+        row
+        for row in await repository.active_endpoints(session, tenant_id)
+        if event.event_type in row.events
+    ]
     for row in targets:
-        session.add(_delivery(row, event_id, event_type, payload, packet_id, now))
-    await session.flush()
+        session.add(
+            _delivery(
+                row, event.event_id, event.event_type, event.payload, event.packet_id, event.at
+            )
+        )
+    if targets:
+        await session.flush()
     return len(targets)
 
 
