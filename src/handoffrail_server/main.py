@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handoffrail_server import __version__
 from handoffrail_server.api import health
@@ -24,6 +25,7 @@ from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.infra.redis import create_redis
 from handoffrail_server.keys import service as keys_service
+from handoffrail_server.keys.cache import PrincipalCache, PrincipalListener
 from handoffrail_server.limits.ratelimit import RateLimiter
 from handoffrail_server.observability.edge import EdgeMiddleware
 from handoffrail_server.observability.logging import configure_logging
@@ -58,6 +60,17 @@ async def _expiry_loop(state: AppState, interval: float) -> None:
             log.warning("packets.expiry_failed", error=type(exc).__name__)
 
 
+def _principal_listener(settings: Settings, engine: AsyncEngine) -> PrincipalListener | None:
+    """The principal cache and its listener, when they can be kept right (keys/cache.py)."""
+    if (
+        engine.dialect.name != "postgresql"
+        or settings.auth_cache_seconds <= 0
+        or settings.db_statement_cache_size == 0  # PgBouncer in transaction mode: no LISTEN
+    ):
+        return None
+    return PrincipalListener(engine, PrincipalCache(settings.auth_cache_seconds))
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     """Build the ASGI application for `settings` (read from the environment when omitted)."""
     settings = settings or get_settings()
@@ -81,6 +94,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         limiter=RateLimiter(settings.redis_url, prefix=settings.redis_prefix),
     )
     state.broker = Broker(state.redis, prefix=settings.redis_prefix)
+    listener = _principal_listener(settings, engine)
+    state.principal_listener = listener
+    state.principals = listener.cache if listener is not None else None
     if settings.sentry_dsn is not None:
         init_sentry(settings.sentry_dsn.get_secret_value(), settings.environment.value, __version__)
 
@@ -103,6 +119,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 )
 
     async def _close_clients() -> None:
+        if listener is not None:
+            await listener.stop()
         if state.broker is not None:
             await state.broker.stop()
         await engine.dispose()
@@ -120,6 +138,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             raise
         assert state.broker is not None
         state.broker.start()
+        if listener is not None:
+            listener.start()
         expiry = None
         if settings.expiry_interval_seconds > 0:
             expiry = asyncio.create_task(_expiry_loop(state, settings.expiry_interval_seconds))

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     #: SQLAlchemy then replaces every pooled connection of that outage
     db_pool_pre_ping: bool = False
     db_echo: bool = False
+    #: seconds a process may reuse a resolved API key (PostgreSQL; cleared at once on any key
+    #: or tenant change through LISTEN/NOTIFY, keys/cache.py); 0 looks every key up each time
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
     packet_ttl_seconds: int = Field(default=86400, ge=60)
     max_batch_size: int = Field(default=50, ge=1, le=500)
     docs_enabled: bool = True

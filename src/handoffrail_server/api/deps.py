@@ -18,6 +18,7 @@ from handoffrail_server.clock import Clock
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.errors import AuthenticationFailed, PermissionDenied, Unprocessable
 from handoffrail_server.keys import service as keys_service
+from handoffrail_server.keys.cache import PrincipalCache, PrincipalListener
 from handoffrail_server.keys.service import Principal
 from handoffrail_server.limits.errors import PacketTooLarge, RateLimited
 from handoffrail_server.limits.ratelimit import Decision, RateLimiter, per_hour, per_minute
@@ -40,6 +41,9 @@ class AppState:
     redis: Redis | None = None
     limiter: RateLimiter | None = None
     broker: Broker | None = None
+    #: resolved principals (PostgreSQL with `HR_AUTH_CACHE_SECONDS` > 0), see keys/cache.py
+    principals: PrincipalCache | None = None
+    principal_listener: PrincipalListener | None = None
 
 
 class NulInRequest(Unprocessable):
@@ -185,7 +189,9 @@ async def resolve_principal(request: Request, session: AsyncSession) -> Principa
     """Authenticate the request's key, apply its rate limits and size quota, check its role."""
     state = app_state(request)
     try:
-        principal = await keys_service.authenticate(session, request.headers.get("x-api-key"))
+        principal = await keys_service.authenticate(
+            session, request.headers.get("x-api-key"), state.principals
+        )
     except AuthenticationFailed:
         await _throttle_auth_failure(request, state)
         raise

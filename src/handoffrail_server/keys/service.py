@@ -18,6 +18,7 @@ from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import ApiKey
 from handoffrail_server.errors import AuthenticationFailed, Conflict, NotFound, PermissionDenied
 from handoffrail_server.keys import repository, tokens
+from handoffrail_server.keys.cache import PrincipalCache
 from handoffrail_server.keys.schemas import ApiKeyRead
 from handoffrail_server.limits import service as limits
 from handoffrail_server.limits.service import TenantLimits
@@ -96,21 +97,32 @@ def to_read(key: ApiKey, plain: str | None = None) -> ApiKeyRead:
     )
 
 
-async def authenticate(session: AsyncSession, plain: str | None) -> Principal:
-    """Resolve a plain key to its principal or raise 401/403."""
+async def authenticate(
+    session: AsyncSession, plain: str | None, cache: PrincipalCache | None = None
+) -> Principal:
+    """Resolve a plain key to its principal or raise 401/403.
+
+    With `cache` (PostgreSQL, keys/cache.py) a key resolved moments ago needs no lookup."""
     if not plain:
         raise MissingKey("Missing X-API-Key header")
     plain = plain.strip()
     if not tokens.looks_like_key(plain):
         raise InvalidKey("Invalid API key")
-    row = await repository.principal_row(session, tokens.hash_key(plain))
+    key_hash = tokens.hash_key(plain)
+    generation = 0
+    if cache is not None:
+        cached: Principal | None = cache.get(key_hash)
+        if cached is not None:
+            return cached
+        generation = cache.generation()
+    row = await repository.principal_row(session, key_hash)
     if row is None:
         raise InvalidKey("Invalid API key")
     if row.revoked_at is not None:
         raise KeyRevoked("API key has been revoked")
     if row.deleted_at is not None:
         raise InvalidKey("Invalid API key")
-    return Principal(
+    principal = Principal(
         key_id=row.id,
         key_prefix=row.key_prefix,
         tenant_id=row.tenant_id,
@@ -120,6 +132,9 @@ async def authenticate(session: AsyncSession, plain: str | None) -> Principal:
         handoffs_per_day=row.handoffs_per_day,
         max_api_keys=row.max_api_keys,
     )
+    if cache is not None:
+        cache.put(key_hash, principal, generation)
+    return principal
 
 
 async def _insert(

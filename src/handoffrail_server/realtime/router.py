@@ -51,7 +51,7 @@ class TooManyStreams(DomainError):
 
 async def _authenticate(state: AppState, key: str | None) -> Principal:
     async with unit_of_work(state.sessions) as session:
-        return await keys_service.authenticate(session, key)
+        return await keys_service.authenticate(session, key, state.principals)
 
 
 def _channels(subscribe: list[str], agent: str | None, status: str | None) -> Subscription:
