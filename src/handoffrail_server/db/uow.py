@@ -99,13 +99,16 @@ async def _slot(bind: object) -> AsyncIterator[None]:
         yield
         return
     semaphore, timeout = gate
-    try:
-        async with asyncio.timeout(timeout):
-            await semaphore.acquire()
-    except TimeoutError:
-        raise sa_exc.TimeoutError(
-            f"no database connection became free within {timeout:g} s"
-        ) from None
+    if not semaphore.locked():
+        await semaphore.acquire()  # a slot is free and nobody waits: no suspension, no timer
+    else:
+        try:
+            async with asyncio.timeout(timeout):
+                await semaphore.acquire()
+        except TimeoutError:
+            raise sa_exc.TimeoutError(
+                f"no database connection became free within {timeout:g} s"
+            ) from None
     token = _slot_holder.set(asyncio.current_task())
     try:
         yield
