@@ -428,6 +428,22 @@ async def test_second_api_key_on_a_free_tenant_is_refused(db: Db) -> None:
         assert assert_problem(third, 403, "quota.max_api_keys")["limit"] == 2
 
 
+@pytest.mark.parametrize("path", ["claim", "claim-next"])
+async def test_a_claim_by_an_agent_past_the_cap_changes_nothing(db: Db, path: str) -> None:
+    async with serve(db) as api:
+        _, key = await api.new_tenant_admin(tier="free")
+        created = await create(api, key, source="sales-01", target="billing-01")
+        packet_id = created.json()["id"]
+        claimant = {"agent_id": "third-01", "agent_name": "Third"}
+        url = f"{P}/packets/{packet_id}/claim" if path == "claim" else f"{P}/packets/claim-next"
+        refused = await api.client.post(url, json=claimant, headers=api.headers(key))
+        assert_problem(refused, 403, "quota.max_agents")
+        packet = await api.client.get(f"{P}/packets/{packet_id}", headers=api.headers(key))
+        assert packet.json()["status"] == "created"  # no claim without its history
+        history = await api.client.get(f"{P}/packets/{packet_id}/history", headers=api.headers(key))
+        assert [event["event_type"] for event in history.json()["events"]] == ["created"]
+
+
 async def test_a_third_distinct_agent_on_the_free_tier_is_refused(db: Db) -> None:
     async with serve(db) as api:
         _, key = await api.new_tenant_admin(tier="free")

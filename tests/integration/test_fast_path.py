@@ -26,6 +26,7 @@ from handoffrail_server.db.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from handoffrail_server.db.rows import replaced
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.keys import repository as keys
 from handoffrail_server.limits import repository as usage
@@ -470,3 +471,71 @@ async def test_a_single_create_is_one_statement_that_commits_on_its_own(
         assert delivery.payload["packet_id"] == str(packet.id)
         assert delivery.payload["metadata"]["source_agent"]["id"] == "sales-01"
         assert delivery.next_attempt_at == delivery.created_at
+
+
+async def test_a_single_claim_is_one_statement_and_a_lost_one_writes_nothing(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    async with unit_of_work(sessions) as session:
+        service = PacketService(session, SystemClock(), tenant_id)
+        packet = await service.create(PacketCreate.model_validate(packet_body()), last=True)
+    claim = {"status": "claimed", "claimed_by_agent_id": "billing-01"}
+    async with unit_of_work(sessions) as session:
+        service = PacketService(session, SystemClock(), tenant_id)
+        stale = replaced(packet, row_version=packet.row_version - 1)
+        lost = await service.change_and_record(
+            stale, claim, "claimed", "agent:billing-01", from_status="created", last=True
+        )
+        assert lost is None  # the row moved on: nothing written, and the unit may go on
+        lean = session.info[fast.LEAN_KEY]
+        assert not lean.finished
+        won = await service.change_and_record(
+            packet, claim, "claimed", "agent:billing-01", from_status="created", last=True
+        )
+        assert won is not None
+        assert (won.status, won.row_version) == ("claimed", packet.row_version + 1)
+        assert lean.finished  # no BEGIN/COMMIT: the statement committed on its own
+        assert not lean.driver.is_in_transaction()
+    async with unit_of_work(sessions) as session:
+        events = await session.scalars(
+            select(PacketEvent.event_type)
+            .where(PacketEvent.packet_id == packet.id)
+            .order_by(PacketEvent.created_at)
+        )
+        assert list(events) == ["created", "claimed"]  # one history event per write that won
+        streamed = await session.scalar(
+            select(func.count()).select_from(StreamEvent).where(StreamEvent.packet_id == packet.id)
+        )
+        assert streamed == 2
+
+
+async def test_a_claim_inside_a_transaction_joins_it_and_fails_with_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    async with unit_of_work(sessions) as session:
+        service = PacketService(session, SystemClock(), tenant_id)
+        packet = await service.create(PacketCreate.model_validate(packet_body()), last=True)
+
+    async def claim_then_fail() -> None:
+        async with unit_of_work(sessions) as session:
+            service = PacketService(session, SystemClock(), tenant_id)
+            await usage.add_handoffs(session, tenant_id, "2026-11-23", 1, 10)
+            won = await service.change_and_record(
+                packet, {"status": "claimed"}, "claimed", "agent:x", last=True
+            )
+            assert won is not None
+            assert not session.info[fast.LEAN_KEY].finished
+            raise RuntimeError("roll back both")
+
+    with pytest.raises(RuntimeError):
+        await claim_then_fail()
+    async with unit_of_work(sessions) as session:
+        reread = await packets.get(session, tenant_id, packet.id)
+        assert reread is not None
+        assert (reread.status, reread.row_version) == ("created", packet.row_version)
+        count = await session.scalar(
+            select(func.count()).select_from(PacketEvent).where(PacketEvent.packet_id == packet.id)
+        )
+        assert count == 1

@@ -30,6 +30,7 @@ import asyncpg
 import orjson
 from sqlalchemy import JSON, Table, Uuid, inspect
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from handoffrail_server.db.base import Base
@@ -136,6 +137,14 @@ def transaction_identity(session: AsyncSession) -> object:
     if lean is not None:
         return lean
     return session.sync_session.get_transaction()
+
+
+def wrote_nothing(session: AsyncSession) -> None:
+    """The statement run after `connection(last=True)` changed no row (a compare-and-set that
+    lost): the unit of work has written nothing yet and may write again."""
+    lean: Lean | None = session.info.get(LEAN_KEY)
+    if lean is not None and lean.finished and lean.adapted._transaction is None:
+        lean.finished = False
 
 
 class UnitFinished(RuntimeError):
@@ -306,6 +315,33 @@ def insert_statement(objects: Sequence[Base]) -> Statement:
     keys, rows = rows_of(objects)
     args = [value for row in rows for value in _arguments(model, row, keys)]
     return Statement(_insert_sql(model, keys, len(rows)), tuple(args))
+
+
+@cache
+def casts(model: type[Base]) -> dict[str, str]:
+    """PostgreSQL type of each column, without lengths (`$n::varchar`: the column's own length
+    is still checked on assignment), for parameters outside a VALUES list."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    dialect = PGDialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves __init__ untyped
+    return {
+        column.key: re.sub(r"\(.*\)", "", column.type.compile(dialect=dialect)).lower()
+        for column in table.columns
+    }
+
+
+def insert_from(objects: Sequence[Base], source: str) -> Statement:
+    """`INSERT INTO table (keys) SELECT $1::type, ... FROM source`: the row of one transient
+    object, inserted once per row of `source` (a CTE name), so not at all when it is empty."""
+    model = type(objects[0])
+    keys, rows = rows_of(objects)
+    assert len(rows) == 1, "one row per statement"
+    types = casts(model)
+    table = model.__table__
+    assert isinstance(table, Table)
+    selected = ", ".join(f"${index}::{types[key]}" for index, key in enumerate(keys, start=1))
+    sql = f"INSERT INTO {table.name} ({', '.join(keys)}) SELECT {selected} FROM {source}"  # noqa: S608  # nosec B608 - model identifiers, bound values
+    return Statement(sql, tuple(_arguments(model, rows[0], keys)))
 
 
 async def insert(

@@ -39,6 +39,13 @@ def transient(model: type[M], **values: Any) -> M:
     return obj
 
 
+def replaced(obj: M, **changes: Any) -> M:
+    """A transient copy of `obj` (every column attribute) with `changes` applied."""
+    model = type(obj)
+    current = {key: getattr(obj, key) for key in _attributes(model)}
+    return transient(model, **{**current, **changes})
+
+
 @cache
 def _columns(model: type[Base]) -> tuple[tuple[str, str], ...]:
     """(attribute key, column key) of every writable mapped column of `model`."""

@@ -45,7 +45,9 @@ def _holder_text(holder: Any) -> str:
     return f"agent '{holder.get('id')}' ({holder.get('name')})"
 
 
-async def _try_claim(service: PacketService, packet: Packet, body: PacketClaim) -> Packet | None:
+async def _try_claim(
+    service: PacketService, packet: Packet, body: PacketClaim, *, last: bool = False
+) -> Packet | None:
     """One compare-and-set attempt; None when someone else changed the row first."""
     refusal = claim_refusal(PacketStatus(packet.status))
     now = service.clock.now()
@@ -62,12 +64,19 @@ async def _try_claim(service: PacketService, packet: Packet, body: PacketClaim) 
     if refusal is ClaimRefusal.BAD_STATUS:
         message = IllegalTransition(PacketStatus(packet.status), PacketStatus.CLAIMED).message
         raise IllegalTransitionError(message, field="status")
+    if service.limits is not None:
+        # Before the compare-and-set, so that the claim and its history are one statement; a
+        # claim that is then lost or refused rolls the registration back with the request.
+        await quotas.register_agents(
+            service.session,
+            service.clock,
+            service.limits,
+            [(body.agent_id, body.agent_name, body.framework)],
+        )
     metadata = dict(packet.packet_metadata)
     metadata["target_agent"] = _claimant(body)
     metadata["claimed_at"] = now.isoformat()
-    previous = packet.status
-    updated = await repository.compare_and_set(
-        service.session,
+    return await service.change_and_record(
         packet,
         {
             "status": PacketStatus.CLAIMED.value,
@@ -77,32 +86,24 @@ async def _try_claim(service: PacketService, packet: Packet, body: PacketClaim) 
             "claimed_at": now,
             "updated_at": now,
         },
+        "claimed",
+        f"agent:{body.agent_id}",
+        from_status=packet.status,
+        details={"agent_name": body.agent_name},
         allowed_statuses=_CLAIMABLE_VALUES,
+        last=last,
     )
-    if updated is not None:
-        if service.limits is not None:
-            # Only the winner registers; a refusal rolls the claim back with the request.
-            await quotas.register_agents(
-                service.session,
-                service.clock,
-                service.limits,
-                [(body.agent_id, body.agent_name, body.framework)],
-            )
-        await service.record(
-            updated,
-            "claimed",
-            f"agent:{body.agent_id}",
-            from_status=previous,
-            details={"agent_name": body.agent_name},
-        )
-    return updated
 
 
-async def claim(service: PacketService, packet_id: uuid.UUID, body: PacketClaim) -> Packet:
-    """Claim one packet: 409 if held, 410 if expired, 400 from a non-claimable status."""
+async def claim(
+    service: PacketService, packet_id: uuid.UUID, body: PacketClaim, *, last: bool = False
+) -> Packet:
+    """Claim one packet: 409 if held, 410 if expired, 400 from a non-claimable status.
+
+    `last=True`: the unit of work writes nothing else (a single claim request)."""
     for _attempt in range(MAX_CAS_ATTEMPTS):
         packet = await service.load(packet_id)
-        updated = await _try_claim(service, packet, body)
+        updated = await _try_claim(service, packet, body, last=last)
         if updated is not None:
             return updated
     raise ConcurrentUpdate(f"Packet {packet_id} is being changed concurrently; retry")
@@ -152,8 +153,8 @@ async def claim_next(service: PacketService, body: ClaimNext) -> Packet | None:
         for packet in candidates:
             try:
                 updated = await _try_claim(service, packet, body)
-            except DomainError:
-                continue
+            except (PacketAlreadyClaimed, PacketExpired, IllegalTransitionError):
+                continue  # this candidate changed meanwhile: the next one (a quota error is not)
             if updated is not None:
                 return updated
     return None

@@ -5,7 +5,6 @@ Flushes, never commits: the request or job owns the transaction.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.db import fast, fast_sqlite
 from handoffrail_server.db.models import Packet, PacketEvent, PacketTag, StreamEvent
-from handoffrail_server.db.rows import transient
+from handoffrail_server.db.rows import replaced, transient
 from handoffrail_server.packets import policy
 from handoffrail_server.realtime import repository as stream_log
 from handoffrail_server.webhooks import repository as webhook_rows
@@ -210,18 +209,58 @@ async def compare_and_set(
     return result.scalar_one_or_none()
 
 
-async def _compare_and_set_pg(
+def applied(packet: Packet, values: dict[str, Any]) -> Packet:
+    """The row `compare_and_set(packet, values)` leaves when it wins."""
+    return replaced(packet, **values, row_version=packet.row_version + 1)
+
+
+async def change_if_unchanged(
     session: AsyncSession,
-    driver: Any,
     packet: Packet,
     values: dict[str, Any],
-    allowed_statuses: Sequence[str] | None,
-) -> Packet | None:
+    change: Change,
+    *,
+    allowed_statuses: Sequence[str] | None = None,
+) -> tuple[Packet | None, bool]:
+    """`compare_and_set`, then, if it won, `write_change(change)`: (updated row or None, whether
+    the caller must still fan the webhook event out).
+
+    PostgreSQL: one statement, whose history, stream and outbox inserts select from the
+    compare-and-set's RETURNING, so they happen exactly when it wins; a `last` change of a unit
+    that has not written runs without BEGIN/COMMIT (a lost compare-and-set wrote nothing, and
+    the unit may try again). `change` is built from `applied(packet, values)`."""
+    assert change.created is None, "a compare-and-set changes an existing packet"
+    driver = await fast.connection(session, last=change.last)
+    if driver is None:
+        updated = await compare_and_set(session, packet, values, allowed_statuses=allowed_statuses)
+        if updated is None:
+            return None, False
+        return updated, await write_change(session, change)
+    cas = _cas_statement(packet, values, allowed_statuses)
+    writes = [
+        cas,
+        fast.insert_from([change.event], "w0"),
+        stream_log.pg_insert(session, change.stream_event, "w0"),
+    ]
+    if change.webhook is not None:
+        writes.append(webhook_rows.pg_fan_out(change.event.tenant_id, change.webhook, "w0"))
+    query = fast.Statement(f"SELECT {fast.select_list(Packet)} FROM w0")  # noqa: S608  # nosec B608 - model identifiers
+    rows = await fast.fetch(session, driver, fast.together(writes, query))
+    if not rows:
+        fast.wrote_nothing(session)
+        return None, False
+    return fast.to_model(Packet, rows[0]), False
+
+
+def _cas_statement(
+    packet: Packet, values: dict[str, Any], allowed_statuses: Sequence[str] | None
+) -> fast.Statement:
+    """`UPDATE packet … WHERE id, row_version (and status) match RETURNING <every column>`."""
     assignments: list[str] = []
     arguments: list[Any] = []
     for attribute, value in values.items():
         column, is_json = fast.column_of(Packet, attribute)
-        arguments.append(json.dumps(value) if is_json and value is not None else value)
+        arguments.append(fast.dump_json(value) if is_json and value is not None else value)
         assignments.append(f"{column} = ${len(arguments)}")
     arguments += [packet.id, packet.row_version]
     where = f"id = ${len(arguments) - 1} AND row_version = ${len(arguments)}"
@@ -231,8 +270,19 @@ async def _compare_and_set_pg(
     columns = fast.select_list(Packet)
     changes = ", ".join(assignments)
     sql = f"UPDATE packet SET {changes}, row_version = row_version + 1 WHERE {where} RETURNING {columns}"  # noqa: S608, E501  # nosec B608 - model identifiers, bound values
+    return fast.Statement(sql, tuple(arguments))
+
+
+async def _compare_and_set_pg(
+    session: AsyncSession,
+    driver: Any,
+    packet: Packet,
+    values: dict[str, Any],
+    allowed_statuses: Sequence[str] | None,
+) -> Packet | None:
+    statement = _cas_statement(packet, values, allowed_statuses)
     async with fast.translated(session):
-        record = await driver.fetchrow(sql, *arguments)
+        record = await driver.fetchrow(statement.sql, *statement.args)
     return None if record is None else fast.to_model(Packet, record)
 
 

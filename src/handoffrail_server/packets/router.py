@@ -213,7 +213,7 @@ async def update_packet(
 ) -> PacketRead:
     """Change status (per the lifecycle table) and merge context, decisions, actions."""
     service = _service(request, session, caller)
-    return to_read(await service.update(packet_id, body))
+    return to_read(await service.update(packet_id, body, last=True))
 
 
 @router.delete("/{packet_id}", status_code=204)
@@ -236,7 +236,7 @@ async def claim_packet(
 ) -> PacketRead:
     """Claim a packet: exactly one concurrent claimer wins; the others get 409."""
     service = _service(request, session, caller)
-    return to_read(await claims.claim(service, packet_id, body))
+    return to_read(await claims.claim(service, packet_id, body, last=True))
 
 
 @router.post("/{packet_id}/respond", response_model=PacketRead)

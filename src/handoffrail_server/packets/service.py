@@ -7,7 +7,7 @@ writes its event row in the same transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -116,20 +116,18 @@ class PacketService:
             raise PacketNotFound(f"Packet {packet_id} not found")
         return packet
 
-    async def record(
+    def _change(
         self,
         packet: Packet,
         event_type: str,
         actor: str,
         *,
-        from_status: str | None = None,
-        details: dict[str, Any] | None = None,
+        from_status: str | None,
+        details: dict[str, Any] | None,
         created_tags: Sequence[str] | None = None,
         last: bool = False,
-    ) -> None:
-        """Append an event row (and its stream event and webhook outbox rows) in the current
-        transaction; with `created_tags`, insert `packet` and its tags first. `last`: the unit
-        of work writes nothing after this (see `repository.Change`)."""
+    ) -> repository.Change:
+        """What recording `event_type` for `packet` (as it is after the change) writes."""
         body = dict(details or {})
         if self.key_id:
             body.setdefault("api_key_id", self.key_id)
@@ -164,7 +162,7 @@ class PacketService:
             metadata=packet.packet_metadata,
             details=details,
         )
-        change = repository.Change(
+        return repository.Change(
             event=event,
             stream_event=stream_event,
             created=packet if created_tags is not None else None,
@@ -172,18 +170,77 @@ class PacketService:
             webhook=webhook,
             last=last,
         )
-        fan_out = await repository.write_change(self.session, change)
+
+    async def _settle(self, change: repository.Change, fan_out: bool) -> None:
+        """After a change is written: stream wake-up, webhook fan-out if still due, metrics."""
         streams.wake_after_commit(self.session, self.tenant_id)
         # Transactional outbox: webhook rows commit (or roll back) with the state change.
         await webhooks.enqueue_packet_event(
-            self.session, self.tenant_id, webhook, may_have_subscriber=fan_out
+            self.session, self.tenant_id, change.webhook, may_have_subscriber=fan_out
         )
-        if event_type == "created":
+        event = change.event
+        if event.event_type == "created":
             metrics.PACKETS_CREATED.labels(self.tenant_id).inc()
-        elif event_type == PacketStatus.COMPLETED:
+        elif event.event_type == PacketStatus.COMPLETED:
             metrics.HANDOFFS.labels(self.tenant_id).inc()
-        if from_status is not None and from_status != packet.status:
-            metrics.PACKET_TRANSITIONS.labels(packet.status).inc()
+        if event.from_status is not None and event.from_status != event.to_status:
+            metrics.PACKET_TRANSITIONS.labels(event.to_status).inc()
+
+    async def record(
+        self,
+        packet: Packet,
+        event_type: str,
+        actor: str,
+        *,
+        from_status: str | None = None,
+        details: dict[str, Any] | None = None,
+        created_tags: Sequence[str] | None = None,
+        last: bool = False,
+    ) -> None:
+        """Append an event row (and its stream event and webhook outbox rows) in the current
+        transaction; with `created_tags`, insert `packet` and its tags first. `last`: the unit
+        of work writes nothing after this (see `repository.Change`)."""
+        change = self._change(
+            packet,
+            event_type,
+            actor,
+            from_status=from_status,
+            details=details,
+            created_tags=created_tags,
+            last=last,
+        )
+        await self._settle(change, await repository.write_change(self.session, change))
+
+    async def change_and_record(
+        self,
+        packet: Packet,
+        values: dict[str, Any],
+        event_type: str | Callable[[Packet], str],
+        actor: str | Callable[[Packet], str],
+        *,
+        from_status: str | None = None,
+        details: dict[str, Any] | None = None,
+        allowed_statuses: Sequence[str] | None = None,
+        last: bool = False,
+    ) -> Packet | None:
+        """Compare-and-set `values` on `packet` and record the event if it won (one statement
+        on PostgreSQL); None when someone else changed the row first. `event_type` and `actor`
+        may be computed from the packet as it will be after the change."""
+        after = repository.applied(packet, values)
+        change = self._change(
+            after,
+            event_type(after) if callable(event_type) else event_type,
+            actor(after) if callable(actor) else actor,
+            from_status=from_status,
+            details=details,
+            last=last,
+        )
+        updated, fan_out = await repository.change_if_unchanged(
+            self.session, packet, values, change, allowed_statuses=allowed_statuses
+        )
+        if updated is not None:
+            await self._settle(change, fan_out)
+        return updated
 
     @staticmethod
     def agent_actor(packet: Packet) -> str:
@@ -402,9 +459,15 @@ class PacketService:
     # -- change -------------------------------------------------------------------------------
 
     async def update(
-        self, packet_id: uuid.UUID, body: PacketUpdate, *, actor: str | None = None
+        self,
+        packet_id: uuid.UUID,
+        body: PacketUpdate,
+        *,
+        actor: str | None = None,
+        last: bool = False,
     ) -> Packet:
-        """PATCH: status transition plus the merge rules of CONTRACT.md §5."""
+        """PATCH: status transition plus the merge rules of CONTRACT.md §5. `last=True`: the
+        unit of work writes nothing else (a single PATCH request)."""
         # Top-level fields the caller sent, each in full (defaults filled, as on create); for
         # actions only the buckets it sent, since each bucket is replaced on its own.
         full = body.model_dump(mode="json")
@@ -464,16 +527,22 @@ class PacketService:
             if {"context", "decisions", "actions"} & values.keys():
                 values["search_text"] = policy.search_text(document)
             values["updated_at"] = self.clock.now()
-            updated = await repository.compare_and_set(self.session, packet, values)
-            if updated is None:
-                continue
-            who = actor or self.agent_actor(updated)
             if "status" in values:
-                await self.record(updated, updated.status, who, from_status=current.value)
+                event_type, from_status, details = values["status"], current.value, None
             else:
                 fields = sorted(key for key in changes if key != "status")
-                await self.record(updated, "updated", who, details={"fields": fields})
-            return updated
+                event_type, from_status, details = "updated", None, {"fields": fields}
+            updated = await self.change_and_record(
+                packet,
+                values,
+                event_type,
+                actor or self.agent_actor,
+                from_status=from_status,
+                details=details,
+                last=last,
+            )
+            if updated is not None:
+                return updated
         raise ConcurrentUpdate(f"Packet {packet_id} is being changed concurrently; retry")
 
     async def complete_many(

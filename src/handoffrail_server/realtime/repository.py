@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -67,6 +68,32 @@ _PG_INSERT_SQL = (
 
 assert f"* {XID_SPAN} +" in _PG_INSERT_SQL
 
+_STREAM_COLUMNS = (
+    "tenant_id",
+    "event_type",
+    "packet_id",
+    "status",
+    "source_agent_id",
+    "target_agent_id",
+    "data",
+    "created_at",
+)
+
+
+@cache
+def _pg_insert_from_sql(source: str) -> str:
+    """`_PG_INSERT_SQL` as `INSERT … SELECT … FROM source` (typed parameters: no VALUES list
+    gives them their columns' types)."""
+    types = fast.casts(StreamEvent)
+    selected = ", ".join(
+        f"${index}::{types[column]}" for index, column in enumerate(_STREAM_COLUMNS, start=2)
+    )
+    return (
+        f"INSERT INTO stream_event (id, {', '.join(_STREAM_COLUMNS)})"  # noqa: S608  # nosec B608 - fixed identifiers, bound values
+        f" SELECT pg_current_xact_id()::text::bigint * {XID_SPAN} + $1::bigint, {selected}"
+        f" FROM {source}"
+    )
+
 
 def _next_position(session: AsyncSession) -> int:
     """0, 1, 2... within the session's current (outermost) transaction."""
@@ -79,10 +106,13 @@ def _next_position(session: AsyncSession) -> int:
     return position
 
 
-def pg_insert(session: AsyncSession, event: StreamEvent) -> fast.Statement:
-    """The INSERT of `event` on PostgreSQL, numbered next in the session's transaction."""
+def pg_insert(
+    session: AsyncSession, event: StreamEvent, source: str | None = None
+) -> fast.Statement:
+    """The INSERT of `event` on PostgreSQL, numbered next in the session's transaction; with
+    `source` (a CTE name) once per row of it, so not at all when it is empty."""
     return fast.Statement(
-        _PG_INSERT_SQL,
+        _PG_INSERT_SQL if source is None else _pg_insert_from_sql(source),
         (
             _next_position(session),
             event.tenant_id,

@@ -72,11 +72,15 @@ _PG_FAN_OUT_SQL = (
 )
 
 
-def pg_fan_out(tenant_id: str, event: PacketWebhook) -> fast.Statement:
+def pg_fan_out(tenant_id: str, event: PacketWebhook, source: str | None = None) -> fast.Statement:
     """PostgreSQL: the outbox rows of `event` as one INSERT … SELECT (no read beforehand; it
-    inserts nothing when no endpoint subscribes), to run inside a change's statement."""
+    inserts nothing when no endpoint subscribes), to run inside a change's statement; with
+    `source` (a CTE name) only when that has a row."""
+    sql = _PG_FAN_OUT_SQL
+    if source is not None:
+        sql += f" AND EXISTS (SELECT FROM {source})"
     return fast.Statement(
-        _PG_FAN_OUT_SQL,
+        sql,
         (
             event.event_id,
             event.packet_id,
