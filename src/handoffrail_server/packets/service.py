@@ -14,13 +14,13 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.clock import Clock
-from handoffrail_server.db.models import Packet, PacketEvent
+from handoffrail_server.db.models import Packet
 from handoffrail_server.db.rows import transient
 from handoffrail_server.errors import DomainError
 from handoffrail_server.limits import service as quotas
 from handoffrail_server.limits.service import TenantLimits
 from handoffrail_server.observability import metrics
-from handoffrail_server.packets import policy, repository
+from handoffrail_server.packets import changes, policy, repository
 from handoffrail_server.packets.errors import (
     BatchTooLarge,
     ConcurrentUpdate,
@@ -106,6 +106,7 @@ class PacketService:
         self.ttl_seconds = ttl_seconds
         self.max_batch = max_batch
         self.limits = limits
+        self.origin = changes.Origin(tenant_id, key_id, request_id)
 
     # -- shared helpers -------------------------------------------------------------------
 
@@ -115,61 +116,6 @@ class PacketService:
         if packet is None:
             raise PacketNotFound(f"Packet {packet_id} not found")
         return packet
-
-    def _change(
-        self,
-        packet: Packet,
-        event_type: str,
-        actor: str,
-        *,
-        from_status: str | None,
-        details: dict[str, Any] | None,
-        created_tags: Sequence[str] | None = None,
-        last: bool = False,
-    ) -> repository.Change:
-        """What recording `event_type` for `packet` (as it is after the change) writes."""
-        body = dict(details or {})
-        if self.key_id:
-            body.setdefault("api_key_id", self.key_id)
-        event = transient(
-            PacketEvent,
-            id=uuid.uuid4(),
-            tenant_id=self.tenant_id,
-            packet_id=packet.id,
-            event_type=event_type,
-            actor=actor[:512],
-            from_status=from_status,
-            to_status=packet.status,
-            request_id=self.request_id,
-            details=body or None,
-            created_at=self.clock.now(),
-        )
-        stream_event = streams.build_event(
-            self.clock,
-            tenant_id=self.tenant_id,
-            history_event=event_type,
-            packet_id=packet.id,
-            status=packet.status,
-            metadata=packet.packet_metadata,
-            details=details,
-            hitl=packet.hitl,
-        )
-        webhook = webhooks.packet_webhook(
-            self.clock,
-            history_event=event_type,
-            packet_id=packet.id,
-            status=packet.status,
-            metadata=packet.packet_metadata,
-            details=details,
-        )
-        return repository.Change(
-            event=event,
-            stream_event=stream_event,
-            created=packet if created_tags is not None else None,
-            tags=created_tags or (),
-            webhook=webhook,
-            last=last,
-        )
 
     async def _settle(self, change: repository.Change, fan_out: bool) -> None:
         """After a change is written: stream wake-up, webhook fan-out if still due, metrics."""
@@ -200,7 +146,9 @@ class PacketService:
         """Append an event row (and its stream event and webhook outbox rows) in the current
         transaction; with `created_tags`, insert `packet` and its tags first. `last`: the unit
         of work writes nothing after this (see `repository.Change`)."""
-        change = self._change(
+        change = changes.build(
+            self.clock,
+            self.origin,
             packet,
             event_type,
             actor,
@@ -215,7 +163,7 @@ class PacketService:
         self,
         packet: Packet,
         values: dict[str, Any],
-        event_type: str | Callable[[Packet], str],
+        event_type: str,
         actor: str | Callable[[Packet], str],
         *,
         from_status: str | None = None,
@@ -224,12 +172,14 @@ class PacketService:
         last: bool = False,
     ) -> Packet | None:
         """Compare-and-set `values` on `packet` and record the event if it won (one statement
-        on PostgreSQL); None when someone else changed the row first. `event_type` and `actor`
-        may be computed from the packet as it will be after the change."""
+        on PostgreSQL); None when someone else changed the row first. `actor` may be computed
+        from the packet as it will be after the change."""
         after = repository.applied(packet, values)
-        change = self._change(
+        change = changes.build(
+            self.clock,
+            self.origin,
             after,
-            event_type(after) if callable(event_type) else event_type,
+            event_type,
             actor(after) if callable(actor) else actor,
             from_status=from_status,
             details=details,
