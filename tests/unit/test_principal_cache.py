@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from handoffrail_server.keys.cache import PrincipalCache, clear_all
+from handoffrail_server.keys.cache import PrincipalCache, clear_all, connect_arguments
 
 
 class Ticks:
@@ -118,3 +119,18 @@ def test_the_cache_stays_within_its_bound() -> None:
         _fill(cache, f"h{index}", f"p{index}")
         assert len(cache) <= 3
     assert cache.get("h9") == "p9"
+
+
+def test_the_listener_connects_like_the_engine_but_outside_its_pool() -> None:
+    engine = create_async_engine(
+        "postgresql+asyncpg://app:pw@db.internal:6543/handoffrail?timeout=3&ssl=require"
+    )
+    arguments = connect_arguments(engine)
+    assert arguments["host"] == "db.internal"
+    assert arguments["port"] == 6543
+    assert (arguments["user"], arguments["password"]) == ("app", "pw")
+    assert arguments["database"] == "handoffrail"
+    assert arguments["ssl"] == "require"
+    assert arguments["timeout"] == 3.0  # the URL's own (as a number), not a second keyword
+    assert arguments["statement_cache_size"] == 0
+    assert arguments["server_settings"] == {"application_name": "handoffrail-listener"}

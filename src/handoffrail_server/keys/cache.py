@@ -147,6 +147,10 @@ def connect_arguments(engine: AsyncEngine) -> dict[str, Any]:
     ):
         options.pop(sqlalchemy_only, None)
     options["statement_cache_size"] = 0
+    for seconds in ("timeout", "command_timeout"):  # URL query values arrive as text
+        if isinstance(options.get(seconds), str):
+            options[seconds] = float(options[seconds])
+    options.setdefault("timeout", 10.0)  # for connecting; the URL may set its own
     options["server_settings"] = {"application_name": "handoffrail-listener"}
     return options
 
@@ -209,7 +213,7 @@ class PrincipalListener:
 
     async def _listen(self) -> None:
         lost = asyncio.Event()
-        connection: asyncpg.Connection = await asyncpg.connect(timeout=10, **self._arguments)
+        connection: asyncpg.Connection = await asyncpg.connect(**self._arguments)
         self.connection = connection
         try:
             connection.add_termination_listener(lambda _connection: lost.set())
