@@ -18,6 +18,7 @@ from handoffrail_server.clock import SystemClock
 from handoffrail_server.db import fast, migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import (
+    Packet,
     PacketEvent,
     PacketTag,
     StreamEvent,
@@ -473,13 +474,17 @@ async def test_a_single_create_is_one_statement_that_commits_on_its_own(
         assert delivery.next_attempt_at == delivery.created_at
 
 
+async def _new_packet(sessions: async_sessionmaker[AsyncSession], tenant_id: str) -> Packet:
+    async with unit_of_work(sessions) as session:
+        service = PacketService(session, SystemClock(), tenant_id)
+        return await service.create(PacketCreate.model_validate(packet_body()), last=True)
+
+
 async def test_a_single_claim_is_one_statement_and_a_lost_one_writes_nothing(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     tenant_id = await _tenant(sessions)
-    async with unit_of_work(sessions) as session:
-        service = PacketService(session, SystemClock(), tenant_id)
-        packet = await service.create(PacketCreate.model_validate(packet_body()), last=True)
+    packet = await _new_packet(sessions, tenant_id)
     claim = {"status": "claimed", "claimed_by_agent_id": "billing-01"}
     async with unit_of_work(sessions) as session:
         service = PacketService(session, SystemClock(), tenant_id)
@@ -514,9 +519,7 @@ async def test_a_claim_inside_a_transaction_joins_it_and_fails_with_it(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     tenant_id = await _tenant(sessions)
-    async with unit_of_work(sessions) as session:
-        service = PacketService(session, SystemClock(), tenant_id)
-        packet = await service.create(PacketCreate.model_validate(packet_body()), last=True)
+    packet = await _new_packet(sessions, tenant_id)
 
     async def claim_then_fail() -> None:
         async with unit_of_work(sessions) as session:

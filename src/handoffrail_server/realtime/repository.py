@@ -59,15 +59,7 @@ _HORIZON: ColumnElement[Any] = (
 ).label("horizon")
 
 
-_PG_INSERT_SQL = (
-    "INSERT INTO stream_event (id, tenant_id, event_type, packet_id, status, source_agent_id,"
-    " target_agent_id, data, created_at) VALUES"
-    " (pg_current_xact_id()::text::bigint * 4096 + $1, $2, $3, $4, $5, $6, $7, $8, $9)"
-)
-
-
-assert f"* {XID_SPAN} +" in _PG_INSERT_SQL
-
+#: the columns of a stream event after its id (`$2`… in that order; `$1` is its position)
 _STREAM_COLUMNS = (
     "tenant_id",
     "event_type",
@@ -77,6 +69,13 @@ _STREAM_COLUMNS = (
     "target_agent_id",
     "data",
     "created_at",
+)
+#: the id: `xid8 * XID_SPAN + position` of the writing transaction
+_PG_ID = f"pg_current_xact_id()::text::bigint * {XID_SPAN} + $1"
+
+_PG_INSERT_SQL = (
+    f"INSERT INTO stream_event (id, {', '.join(_STREAM_COLUMNS)}) VALUES"  # noqa: S608  # nosec B608 - fixed identifiers, bound values
+    f" ({_PG_ID}, {', '.join(f'${index}' for index in range(2, len(_STREAM_COLUMNS) + 2))})"
 )
 
 
@@ -90,7 +89,7 @@ def _pg_insert_from_sql(source: str) -> str:
     )
     return (
         f"INSERT INTO stream_event (id, {', '.join(_STREAM_COLUMNS)})"  # noqa: S608  # nosec B608 - fixed identifiers, bound values
-        f" SELECT pg_current_xact_id()::text::bigint * {XID_SPAN} + $1::bigint, {selected}"
+        f" SELECT {_PG_ID}::bigint, {selected}"
         f" FROM {source}"
     )
 

@@ -45,7 +45,6 @@ _ACTIVE_ENDPOINTS = select(WebhookEndpoint).where(
 )
 
 
-_SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = $1 AND active"
 _SQLITE_SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = ? AND active"
 
 
@@ -92,18 +91,13 @@ def pg_fan_out(tenant_id: str, event: PacketWebhook, source: str | None = None) 
     )
 
 
-def subscribed_events(tenant_id: str) -> fast.Statement:
-    """PostgreSQL: the event lists of the tenant's active endpoints (read by `wants`)."""
-    return fast.Statement(_SUBSCRIBED_EVENTS_SQL, (tenant_id,))
-
-
 def sqlite_subscribed_events(tenant_id: str) -> fast_sqlite.Statement:
-    """SQLite: `subscribed_events`."""
+    """SQLite: the event lists of the tenant's active endpoints (read by `sqlite_wants`)."""
     return fast_sqlite.Statement(_SQLITE_SUBSCRIBED_EVENTS_SQL, [(tenant_id,)])
 
 
 def wants(rows: Iterable[Any], event_type: str) -> bool:
-    """True when one of the `subscribed_events` rows subscribes to `event_type`."""
+    """True when one of the rows (an `events` list each) subscribes to `event_type`."""
     for row in rows:
         events = row["events"]
         if event_type in (json.loads(events) if isinstance(events, str) else events):
@@ -114,19 +108,6 @@ def wants(rows: Iterable[Any], event_type: str) -> bool:
 def sqlite_wants(rows: Iterable[Any], event_type: str) -> bool:
     """`wants` for the plain tuples of a SQLite `sqlite_subscribed_events` query."""
     return wants(({"events": row[0]} for row in rows), event_type)
-
-
-async def may_have_subscriber(session: AsyncSession, tenant_id: str, event_type: str) -> bool:
-    """False only when no active endpoint of the tenant wants `event_type` (cheap check first:
-    most tenants have no endpoint, and every state change asks)."""
-    driver = await fast.connection(session)
-    if driver is not None:
-        return wants(await fast.fetch(session, driver, subscribed_events(tenant_id)), event_type)
-    lite = await fast_sqlite.connection(session)
-    assert lite is not None  # PostgreSQL or SQLite
-    return sqlite_wants(
-        await fast_sqlite.run(lite, [], sqlite_subscribed_events(tenant_id)), event_type
-    )
 
 
 async def active_endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:

@@ -307,17 +307,13 @@ async def enqueue_packet_event(
     tenant_id: str,
     event: repository.PacketWebhook | None,
     *,
-    may_have_subscriber: bool | None = None,
+    may_have_subscriber: bool,
 ) -> int:
     """Write one outbox row per active endpoint subscribed to `event`; returns the count.
 
     `may_have_subscriber=False`: the caller has already found no subscriber in this
-    transaction (or wrote the rows itself: `repository.pg_fan_out`), so nothing is read again."""
-    if event is None or may_have_subscriber is False:
-        return 0
-    if may_have_subscriber is None and not await repository.may_have_subscriber(
-        session, tenant_id, event.event_type
-    ):
+    transaction (or wrote the rows itself: `repository.pg_fan_out`), so nothing is read."""
+    if event is None or not may_have_subscriber:
         return 0
     targets = [
         row
