@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from handoffrail_server.db.models import Packet, Tenant
 from handoffrail_server.keys import tokens
 from handoffrail_server.main import SchemaNotAtHead, create_app
 from handoffrail_server.settings import KEY_PATTERN
-from tests.conftest import make_settings, packet_body
+from tests.conftest import free_port, make_settings, packet_body
 
 CLI = Path(sys.executable).with_name("handoffrail")
 KEY_IN_TEXT = re.compile(r"hr_[A-Za-z0-9_-]{43}")
@@ -225,6 +227,60 @@ def test_production_with_a_weak_secret_is_refused_naming_hr_secret_key() -> None
     )
     assert result.returncode != 0
     assert "HR_SECRET_KEY" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "believed"),
+    [("127.0.0.1", True), ("10.255.0.1", False)],
+    ids=["proxy-trusted", "proxy-not-trusted"],
+)
+def test_serve_believes_x_forwarded_for_only_from_hr_forwarded_allow_ips(
+    sqlite_url: str, tmp_path: Path, trusted: str, believed: bool
+) -> None:
+    """Failed key guesses are throttled per client IP (2 a minute here): from a trusted proxy
+    each forwarded address has its own budget; from anyone else the header is ignored."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HR_")}
+    env.update(
+        HR_DATABASE_URL=sqlite_url,
+        HR_FORWARDED_ALLOW_IPS=trusted,
+        HR_AUTH_FAILURES_PER_MINUTE="2",
+        HR_EXPIRY_INTERVAL_SECONDS="0",
+        HR_LOG_LEVEL="warning",
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(CLI), "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        statuses = [
+            httpx.get(
+                f"{base}/api/v1/packets",
+                headers={"X-API-Key": "hr_" + "Z" * 43, "X-Forwarded-For": f"203.0.113.{n}"},
+                timeout=10,
+            ).status_code
+            for n in range(1, 5)
+        ]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    assert statuses == ([401] * 4 if believed else [401, 401, 429, 429])
 
 
 @pytest.mark.postgres

@@ -113,6 +113,7 @@ def serve(
         port=bind_port,
         reload=reload,
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         log_level=settings.log_level,
         access_log=False,
     )
