@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.exceptions import RequestValidationError
 
 from tests.conftest import Api, packet_body
 from tests.contract.helpers import P, assert_problem, create_packet, get_packet
@@ -221,6 +224,32 @@ async def test_malformed_json_is_422(api: Api, survivor: dict[str, Any]) -> None
         )
         assert_problem(response, 422)
     await _assert_still_healthy(api, survivor)
+
+
+async def test_malformed_json_leaves_no_cycle_for_the_collector(api: Api) -> None:
+    """A body that is not JSON is answered and freed at once: its error, the frames that raised
+    it and the body they hold are not left in a reference cycle for the collector to find."""
+    headers = {**api.headers(), "Content-Type": "application/json"}
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            response = await api.client.post(
+                f"{P}/packets", content=b'{"metadata": ', headers=headers
+            )
+            assert_problem(response, 422)
+        gc.collect()
+        kept = Counter(
+            type(thing).__name__
+            for thing in gc.garbage
+            if isinstance(thing, (RequestValidationError, json.JSONDecodeError))
+        )
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert kept == Counter()
 
 
 async def test_json_array_instead_of_object_is_422(api: Api) -> None:

@@ -74,8 +74,27 @@ async def _domain_error(_request: Request, exc: Exception) -> Response:
     )
 
 
+def _release_frames(exc: BaseException) -> None:
+    """Drop the tracebacks of an answered error and of its causes.
+
+    FastAPI raises a body it could not decode as JSON from a local variable of its request
+    handler, so that frame and the error's traceback refer to each other: a cycle that holds
+    the request's body (bytes and decoded text) until the collector's next pass. Without the
+    tracebacks the finished frames are freed at once. Nothing reads them after this answer."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.__traceback__ = None
+        pending += [error.__cause__, error.__context__]
+
+
 async def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    _release_frames(exc)
     errors = []
     for error in exc.errors():
         location = [str(part) for part in error.get("loc", ())]
