@@ -29,7 +29,11 @@ from handoffrail_server.keys.cache import PrincipalCache, PrincipalListener
 from handoffrail_server.limits.ratelimit import RateLimiter
 from handoffrail_server.observability.edge import EdgeMiddleware
 from handoffrail_server.observability.logging import configure_logging
-from handoffrail_server.observability.runtime import freeze_startup_objects, native_telemetry
+from handoffrail_server.observability.runtime import (
+    freeze_startup_objects,
+    native_telemetry,
+    young_threshold,
+)
 from handoffrail_server.observability.sentry import init_sentry
 from handoffrail_server.packets.deadlines import expire_due
 from handoffrail_server.realtime.broker import Broker
@@ -146,7 +150,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         log.info("server.started", environment=settings.environment.value)
         freeze_startup_objects()
         try:
-            yield
+            with young_threshold(settings.gc_threshold):
+                yield
         finally:
             if expiry is not None:
                 expiry.cancel()

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     #: seconds a process may reuse a resolved API key (PostgreSQL; cleared at once on any key
     #: or tenant change through LISTEN/NOTIFY, keys/cache.py); 0 looks every key up each time
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
+    #: allocations the cyclic garbage collector lets pass before a young-generation collection
+    #: in a server process (observability/runtime.py); 0 keeps Python's own (700)
+    gc_threshold: int = Field(default=10_000, ge=0, le=1_000_000)
     packet_ttl_seconds: int = Field(default=86400, ge=60)
     max_batch_size: int = Field(default=50, ge=1, le=500)
     docs_enabled: bool = True

@@ -47,3 +47,32 @@ def test_startup_objects_are_frozen_once_per_process(monkeypatch: pytest.MonkeyP
         assert len(alive_since) == 1000
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    ("allocations", "young"),
+    [(0, 700), (1, 1), (10_000, 10_000), (1_000_000, 1_000_000)],
+)
+def test_young_threshold_sets_only_the_young_generation_while_open(
+    allocations: int, young: int
+) -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        with runtime.young_threshold(allocations) as inside:
+            assert inside == (young, 11, 12)
+            assert gc.get_threshold() == (young, 11, 12)
+        assert gc.get_threshold() == (700, 11, 12)
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_young_threshold_is_restored_when_the_body_raises() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with pytest.raises(RuntimeError), runtime.young_threshold(5000):
+            raise RuntimeError("boom")
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)
