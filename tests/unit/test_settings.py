@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -238,6 +239,8 @@ def test_bootstrap_key_of_wrong_shape_is_refused_naming_the_variable(
         ("HR_LOG_LEVEL", "verbose"),
         ("HR_TIER_DEFAULT", "platinum"),
         ("HR_PACKET_TTL_SECONDS", "5"),
+        ("HR_GC_THRESHOLD", "-1"),
+        ("HR_GC_THRESHOLD", "1000001"),
     ],
 )
 def test_invalid_value_raises_settings_error_naming_the_variable(
@@ -372,3 +375,13 @@ def test_secret_key_is_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_settings_built_directly_skip_the_environment_but_keep_rules() -> None:
     with pytest.raises(ValueError, match="HR_SECRET_KEY"):
         Settings(environment="prod", database_url=PG_URL)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    undocumented = [
+        f"HR_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`HR_{name.upper()}" not in readme
+    ]
+    assert undocumented == []
