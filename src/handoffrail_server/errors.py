@@ -23,6 +23,11 @@ class DomainError(Exception):
         #: extra response headers (e.g. Retry-After)
         self.headers: dict[str, str] = {}
 
+    def wire_detail(self) -> str | dict[str, Any]:
+        """The problem document's `detail`: the message, unless the original server's clients
+        expect an object here (CONTRACT.md §2)."""
+        return self.detail
+
 
 class NotFound(DomainError):
     """The resource does not exist in the caller's tenant."""

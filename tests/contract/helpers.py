@@ -21,8 +21,13 @@ def assert_problem(
     body = response.json()
     assert isinstance(body, dict), body
     assert body["status"] == status
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
+    detail = body["detail"]
+    if isinstance(detail, dict):  # the original server's object (CONTRACT.md §2): a 409 claim only
+        assert body["code"] == "packet.already_claimed", body
+        assert set(detail) == {"message", "claimed_by"}, body
+        detail = detail["message"]
+    assert isinstance(detail, str)
+    assert detail
     assert isinstance(body["title"], str)
     assert isinstance(body["type"], str)
     assert isinstance(body["code"], str)

@@ -103,7 +103,13 @@ async def test_second_claim_is_409_with_the_holder(api: Api) -> None:
     assert (await claim(api, packet["id"], agent_id="first")).status_code == 200
     response = await claim(api, packet["id"], agent_id="second")
     body = assert_problem(response, 409, "packet.already_claimed")
-    assert body["claimed_by"] == {"id": "first", "name": "First", "framework": "pytest"}
+    holder = {"id": "first", "name": "First", "framework": "pytest"}
+    # the original server's shape, which its clients read (CONTRACT.md §2), and a member
+    assert body["detail"] == {
+        "message": f"Packet {packet['id']} is already claimed by agent 'first' (First)",
+        "claimed_by": holder,
+    }
+    assert body["claimed_by"] == holder
 
 
 async def test_claiming_a_soft_deleted_packet_is_410(api: Api) -> None:

@@ -47,7 +47,11 @@ def error_responses_are_json(ctx: Any, response: Any, case: Any) -> bool | None:
     assert isinstance(body, dict), body
     if response.status_code != 422 or "code" in body:
         assert isinstance(body.get("code"), str), body
-        assert isinstance(body.get("detail"), str), body
+        detail = body.get("detail")
+        if body["code"] == "packet.already_claimed":  # the original's object (CONTRACT.md §2)
+            assert isinstance(detail, dict), body
+            detail = detail.get("message")
+        assert isinstance(detail, str), body
     return None
 
 

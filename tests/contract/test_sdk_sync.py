@@ -205,6 +205,10 @@ def test_second_claim_raises_409_naming_the_holder(client: HandoffRailClient) ->
         client.claim_packet(created.id, agent_id="late-01", agent_name="Latecomer")
     assert caught.value.status_code == 409
     assert "holder-01" in caught.value.message
+    # as from the original server: the holder under `detail` (CONTRACT.md §2)
+    body = caught.value.response_body
+    assert body is not None
+    assert body["detail"]["claimed_by"]["id"] == "holder-01"
     assert client.get_packet(created.id).metadata.target_agent.id == "holder-01"
 
 

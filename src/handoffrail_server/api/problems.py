@@ -1,5 +1,8 @@
 """RFC 9457 problem documents that the SDK also understands (`detail` string, optional `field`).
 
+One `detail` is an object, as the original server sent it: a 409 claim conflict's
+`{"message", "claimed_by"}` (CONTRACT.md §2; RFC 9457 consumers ignore a non-string `detail`).
+
 Every error body is JSON: the SDK retries blindly on a non-JSON error body (CONTRACT.md §9).
 """
 
@@ -42,7 +45,7 @@ def problem(
     status: int,
     code: str,
     title: str,
-    detail: str,
+    detail: str | dict[str, Any],
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
@@ -70,7 +73,12 @@ async def _domain_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     extra = {key: _jsonable(value) for key, value in exc.extra.items()}
     return problem(
-        exc.status, exc.code, exc.title, exc.detail, headers=exc.headers or None, **extra
+        exc.status,
+        exc.code,
+        exc.title,
+        _jsonable(exc.wire_detail()),
+        headers=exc.headers or None,
+        **extra,
     )
 
 

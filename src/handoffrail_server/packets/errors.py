@@ -14,12 +14,20 @@ class PacketNotFound(NotFound):
 
 
 class PacketAlreadyClaimed(Conflict):
-    """Another agent holds the packet; `claimed_by` names it."""
+    """Another agent holds the packet; `claimed_by` names it.
+
+    On the wire `detail` is the object the original server sent, `{"message", "claimed_by"}`
+    (CONTRACT.md §2: clients read `detail.claimed_by`); `claimed_by` is also a top-level
+    member. RFC 9457 consumers ignore a `detail` that is not a string (§3.1)."""
 
     code = "packet.already_claimed"
 
     def __init__(self, detail: str, claimed_by: dict[str, Any] | None) -> None:
         super().__init__(detail, claimed_by=claimed_by)
+        self.claimed_by = claimed_by
+
+    def wire_detail(self) -> dict[str, Any]:
+        return {"message": self.detail, "claimed_by": self.claimed_by}
 
 
 class PacketExpired(DomainError):
