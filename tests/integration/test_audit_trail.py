@@ -44,7 +44,9 @@ async def test_admin_actions_are_recorded_with_key_id_and_request_id(api: Api) -
     await api.client.post(f"{P}/hooks/{hook.json()['id']}/rotate-secret", headers=api.headers())
 
     trail = (
-        await api.client.get(f"{P}/audit", params={"limit": 200}, headers=api.headers())
+        await api.client.get(
+            f"{P}/audit", params={"limit": 200, "resource": "all"}, headers=api.headers()
+        )
     ).json()
     actions = {entry["action"]: entry for entry in trail["entries"]}
     for action in (
@@ -78,6 +80,30 @@ async def test_admin_actions_are_recorded_with_key_id_and_request_id(api: Api) -
         f"{P}/audit", params={"action": "hitl_responded"}, headers=api.headers()
     )
     assert decisions.json()["entries"][0]["actor"] == "human:alice"
+
+
+async def test_the_list_shows_packet_events_unless_asked_for_more(api: Api) -> None:
+    """Without `resource` the list is what the original server and its SDK list: packet events
+    only (every entry names its packet), counted alone; administrative actions on request."""
+    packet = await api.client.post(f"{P}/packets", json=packet_body(), headers=api.headers())
+    made = await api.client.post(
+        f"{P}/keys", json={"name": "reader", "role": "reader"}, headers=api.headers()
+    )
+    assert made.status_code == 201, made.text
+    plain = (await api.client.get(f"{P}/audit", headers=api.headers())).json()
+    assert [(entry["resource"], entry["packet_id"]) for entry in plain["entries"]] == [
+        ("packet", packet.json()["id"])
+    ]
+    assert plain["total"] == 1
+    keys = (
+        await api.client.get(f"{P}/audit", params={"resource": "api_key"}, headers=api.headers())
+    ).json()
+    assert [entry["action"] for entry in keys["entries"]] == ["api_key.created"]
+    everything = (
+        await api.client.get(f"{P}/audit", params={"resource": "all"}, headers=api.headers())
+    ).json()
+    assert everything["total"] == 2
+    assert {entry["resource"] for entry in everything["entries"]} == {"packet", "api_key"}
 
 
 async def test_export_streams_jsonl_and_csv_filtered_by_time(api: Api) -> None:

@@ -16,7 +16,8 @@ from handoffrail_server.limits.errors import QuotaExceeded
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
-Resource = Literal["packet", "api_key", "tenant", "webhook"]
+#: the trail's kinds of resource, or `all`
+Shown = Literal["packet", "api_key", "tenant", "webhook", "all"]
 
 
 @router.get("", response_model=AuditPage)
@@ -26,18 +27,19 @@ async def list_audit(
     actor: Annotated[str | None, Query(max_length=512)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     packet_id: uuid.UUID | None = None,
-    resource: Resource | None = None,
+    resource: Shown = "packet",
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> AuditPage:
-    """The tenant's recorded events and administrative actions, newest first."""
+    """The tenant's trail newest first: packet events (as the original server and its SDK
+    list them), or with `resource` administrative actions of one kind, or `all`."""
     filters = service.EventFilter(
         actor=actor,
         action=action,
         packet_id=packet_id,
-        resource=resource,
+        resource=None if resource == "all" else resource,
         created_after=as_utc(created_after),
         created_before=as_utc(created_before),
     )
@@ -52,7 +54,7 @@ async def export_audit(
     state: State,
     caller: Caller,
     format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
-    resource: Resource | None = None,
+    resource: Shown = "all",
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> StreamingResponse:
@@ -67,7 +69,7 @@ async def export_audit(
             tier=limits.tier,
         )
     filters = service.EventFilter(
-        resource=resource,
+        resource=None if resource == "all" else resource,
         created_after=as_utc(created_after),
         created_before=as_utc(created_before),
     )
