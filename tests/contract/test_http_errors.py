@@ -164,6 +164,34 @@ async def test_bad_cursor_is_400_invalid_cursor(api: Api, cursor: str) -> None:
     assert body["detail"] == "Invalid cursor"
 
 
+EDGE_INSTANTS = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
+
+
+@pytest.mark.parametrize("path", ["/packets", "/audit", "/audit/export"])
+@pytest.mark.parametrize("bound", ["created_after", "created_before"])
+async def test_time_bounds_beyond_the_representable_years_are_clamped(
+    api: Api, path: str, bound: str
+) -> None:
+    """An instant outside the years 1-9999 in UTC selects as the first or last one would."""
+    await create_packet(api)
+    for instant in EDGE_INSTANTS:
+        response = await api.client.get(
+            f"{P}{path}", params={bound: instant}, headers=api.headers()
+        )
+        if response.status_code == 403:  # the export is a Business feature
+            assert_problem(response, 403, "quota.audit_export")
+            continue
+        assert response.status_code == 200, response.text
+    before_start = await api.client.get(
+        f"{P}/packets", params={"created_after": EDGE_INSTANTS[0]}, headers=api.headers()
+    )
+    assert before_start.json()["total"] == 1
+    after_end = await api.client.get(
+        f"{P}/packets", params={"created_before": EDGE_INSTANTS[1]}, headers=api.headers()
+    )
+    assert after_end.json()["total"] == 1
+
+
 PAGING_ERRORS = [
     {"limit": "0"},
     {"limit": "201"},

@@ -185,6 +185,12 @@ GARBAGE_CURSORS = {
     "missing created_at": _cursor_of({"id": str(PACKET_ID)}),
     "naive datetime": _cursor_of({"created_at": "2024-01-01T00:00:00", "id": str(PACKET_ID)}),
     "bad datetime": _cursor_of({"created_at": "yesterday", "id": str(PACKET_ID)}),
+    "before year 1 in UTC": _cursor_of(
+        {"created_at": "0001-01-01T00:00:00+14:00", "id": str(PACKET_ID)}
+    ),
+    "after year 9999 in UTC": _cursor_of(
+        {"created_at": "9999-12-31T23:59:59-14:00", "id": str(PACKET_ID)}
+    ),
     "numeric datetime": _cursor_of({"created_at": 1704067200, "id": str(PACKET_ID)}),
     "null datetime": _cursor_of({"created_at": None, "id": str(PACKET_ID)}),
     "bad uuid": _cursor_of({"created_at": "2024-01-01T00:00:00+00:00", "id": "not-a-uuid"}),

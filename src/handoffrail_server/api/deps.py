@@ -227,7 +227,15 @@ def request_id(request: Request) -> str | None:
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """Query datetimes without an offset are taken as UTC."""
+    """Query datetimes without an offset are taken as UTC. An instant beyond the years 1-9999 in
+    UTC (`0001-01-01T00:00+14:00`) is clamped to the first or last representable one: as a
+    bound of a range it selects the same rows, and it cannot be converted."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        first, last = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+        return first if value.year == first.year else last

@@ -8,7 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 PRIORITY_RANK: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "critical": 3}
@@ -101,8 +101,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         padded = cursor + "=" * (-len(cursor) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         created_at = datetime.fromisoformat(data["created_at"])
+        if created_at.tzinfo is not None:
+            created_at.astimezone(UTC)  # an offset past the years 1-9999 in UTC: OverflowError
         packet_id = uuid.UUID(str(data["id"]))
     except (
+        OverflowError,
         ValueError,
         KeyError,
         TypeError,
