@@ -6,6 +6,7 @@ instead of failing with "database is locked" when a reader tries to upgrade its 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sqlalchemy import event
@@ -19,6 +20,16 @@ from handoffrail_server.db.fast import dump_json
 from handoffrail_server.db.uow import limit_connections
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+#: asyncpg's prepared-statement cache unless `HR_DB_STATEMENT_CACHE_SIZE` says otherwise
+STATEMENT_CACHE_SIZE = 100
+
+
+def configured_statement_cache_size() -> int:
+    """`HR_DB_STATEMENT_CACHE_SIZE` for engines built without the settings at hand (one-shot
+    commands, migrations): `0` behind PgBouncer in transaction mode must hold for them too.
+    A value that is not a whole number ≥ 0 is the settings' to refuse; here it is the default."""
+    value = os.environ.get("HR_DB_STATEMENT_CACHE_SIZE", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else STATEMENT_CACHE_SIZE
 
 
 def create_engine(
@@ -28,22 +39,27 @@ def create_engine(
     max_overflow: int = 10,
     pool_timeout: float = 10.0,
     pool_recycle: int = 1800,
-    statement_cache_size: int = 100,
+    statement_cache_size: int | None = None,
     pre_ping: bool = False,
     echo: bool = False,
 ) -> AsyncEngine:
-    """Create the async engine for `url` (already normalised by settings)."""
+    """Create the async engine for `url` (already normalised by settings). Statement
+    parameters never appear in SQLAlchemy's messages or logs (`hide_parameters`): they hold
+    packet contents and key hashes. `statement_cache_size` None: the configured one."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(
             parsed,
             echo=echo,
+            hide_parameters=True,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             json_serializer=dump_json,  # orjson: the packet documents are most of a write
             pool_reset_on_return=None,  # the `reset` event below rolls back only when needed
         )
         _configure_sqlite(engine)
         return engine
+    if statement_cache_size is None:
+        statement_cache_size = configured_statement_cache_size()
     connect_args: dict[str, Any] = {
         "statement_cache_size": statement_cache_size,
         "server_settings": {"application_name": "handoffrail"},
@@ -54,6 +70,7 @@ def create_engine(
     engine = create_async_engine(
         parsed,
         echo=echo,
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
