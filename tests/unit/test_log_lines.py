@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import structlog
@@ -58,3 +59,45 @@ def test_json_lines_hold_what_orjson_refuses(monkeypatch: pytest.MonkeyPatch) ->
     assert record["big"] == 2**70
     assert record["keyed"] == {"1": "int key"}
     assert record["when"].startswith("<object object")
+
+
+def _our_handler() -> logging.Handler:
+    (handler,) = [h for h in logging.getLogger().handlers if getattr(h, "_handoffrail", False)]
+    return handler
+
+
+def test_library_lines_take_our_json_shape_and_redaction() -> None:
+    configure_logging("info", json_logs=True)
+    try:
+        key = "hr_" + "k" * 43
+        record = logging.getLogger("some.library").makeRecord(
+            "some.library",
+            logging.ERROR,
+            __file__,
+            1,
+            "connecting to %s with %s",
+            ("postgresql://app:hunter2@db:5432/hr", key),
+            None,
+        )
+        line = _our_handler().format(record)
+    finally:
+        configure_logging("warning", json_logs=False)
+    body = json.loads(line)
+    assert body["logger"] == "some.library"
+    assert body["level"] == "error"
+    assert "timestamp" in body
+    assert "hunter2" not in line
+    assert key not in line
+    assert body["event"] == "connecting to postgresql://app:***@db:5432/hr with hr_***"
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+def test_libraries_that_log_urls_or_parameters_stay_at_warning(level: str) -> None:
+    configure_logging(level, json_logs=True)
+    try:
+        for name in ("httpx", "httpcore", "aiosqlite"):
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+            assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+        assert logging.getLogger("some.library").isEnabledFor(logging.getLevelName(level.upper()))
+    finally:
+        configure_logging("warning", json_logs=False)

@@ -117,12 +117,29 @@ def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # Add our stderr handler once, without removing handlers others installed (pytest's capture).
+    # Libraries log through the standard library: their lines take the same shape (JSON or
+    # console), level, timestamp and redaction as ours, through one stderr handler of ours
+    # (added once; handlers others installed, such as pytest's capture, stay).
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
     root = logging.getLogger()
     root.setLevel(numeric)
-    if not any(getattr(handler, "_handoffrail", False) for handler in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._handoffrail = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    ours = [handler for handler in root.handlers if getattr(handler, "_handoffrail", False)]
+    if not ours:
+        stream = logging.StreamHandler(sys.stderr)
+        stream._handoffrail = True  # type: ignore[attr-defined]
+        root.addHandler(stream)
+        ours = [stream]
+    for handler in ours:
+        handler.setFormatter(formatter)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+
+#: libraries whose INFO/DEBUG lines carry what must not be logged: httpx and httpcore the full
+#: webhook URL (paths and queries hold receivers' tokens), aiosqlite every statement's
+#: parameters (packet contents, key hashes)
+QUIET_LIBRARIES = ("httpx", "httpcore", "aiosqlite")
