@@ -32,11 +32,16 @@ from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.keys import service as keys_service
 from handoffrail_server.main import create_app
-from handoffrail_server.settings import Settings
+from handoffrail_server.settings import UNPREFIXED, Settings
 
 PG_ADMIN_DSN = os.environ.get("HR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("HR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = bool(os.environ.get("CI"))
+
+# The settings fall back to these unprefixed platform variables (DATABASE_URL, ...): a shell
+# that exports one must not point the tests, or the servers they start, at its database.
+for _variable in UNPREFIXED.values():
+    os.environ.pop(_variable, None)
 
 
 def _pg_reachable() -> bool:

@@ -7,6 +7,7 @@ that names the variable.
 from __future__ import annotations
 
 import json
+import os
 import re
 from enum import StrEnum
 from functools import cached_property, lru_cache
@@ -175,8 +176,17 @@ class Settings(BaseSettings):
     def _log_level(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = value.strip().lower()
+            value = {"warn": "warning", "fatal": "critical"}.get(value, value)
             if value not in {"debug", "info", "warning", "error", "critical"}:
                 raise ValueError("must be one of debug, info, warning, error, critical")
+        return value
+
+    @field_validator("metrics_token", "sentry_dsn", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # compose files pass `${HR_METRICS_TOKEN:-}`: an empty token must not lock /metrics
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     @field_validator("cors_origins", mode="before")
@@ -270,15 +280,39 @@ class Settings(BaseSettings):
         return self.environment is Environment.DEVELOPMENT
 
 
+#: variables platforms and libraries set without our prefix, read when the `HR_` one is absent:
+#: `fly postgres attach`, Render, Railway and Heroku-style add-ons inject DATABASE_URL and
+#: REDIS_URL; Sentry's own variable is SENTRY_DSN (CONTRACT.md §8: the original read plain
+#: DATABASE_URL)
+UNPREFIXED = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "sentry_dsn": "SENTRY_DSN"}
+
+
+def _unprefixed(overrides: dict[str, Any]) -> dict[str, str]:
+    """(field → variable) of the fallbacks in force for this environment."""
+    present = {name.upper() for name in os.environ}
+    return {
+        field: variable
+        for field, variable in UNPREFIXED.items()
+        if field not in overrides
+        and f"HR_{field.upper()}" not in present
+        and variable in os.environ
+    }
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment, turning pydantic errors into one `SettingsError`."""
+    fallbacks = _unprefixed(overrides)
     try:
-        return Settings(**overrides)
+        return Settings(
+            **{field: os.environ[name] for field, name in fallbacks.items()}, **overrides
+        )
     except ValidationError as exc:
         messages = []
         for error in exc.errors():
             location = ".".join(str(part) for part in error["loc"])
-            variable = f"HR_{location.upper()}" if location else "settings"
+            variable = fallbacks.get(location) or (
+                f"HR_{location.upper()}" if location else "settings"
+            )
             text = str(error["msg"]).removeprefix("Value error, ")
             if text.startswith("HR_"):
                 messages.append(text)

@@ -39,6 +39,8 @@ def clean_environment(no_leaks: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Start every test with no HR_ variable set (whatever the shell exported)."""
     for name in _hr_variables():
         monkeypatch.delenv(name)
+    for name in ("DATABASE_URL", "REDIS_URL", "SENTRY_DSN"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def _production(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
@@ -385,3 +387,51 @@ def test_every_setting_is_documented_in_the_readme() -> None:
         if f"`HR_{name.upper()}" not in readme
     ]
     assert undocumented == []
+
+
+# -- platform variables without the prefix ------------------------------------------------------
+
+
+def test_platform_database_and_redis_urls_are_read_without_the_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://app:pw@db.internal:5432/hr")
+    monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6379/0")
+    monkeypatch.setenv("SENTRY_DSN", "https://abc@sentry.example/1")
+    settings = load_settings()
+    assert settings.database_url == "postgresql+asyncpg://app:pw@db.internal:5432/hr"
+    assert settings.redis_url == "redis://cache.internal:6379/0"
+    assert settings.sentry_dsn is not None
+    assert settings.sentry_dsn.get_secret_value() == "https://abc@sentry.example/1"
+
+
+def test_the_prefixed_variable_wins_over_the_platform_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://platform@db/one")
+    monkeypatch.setenv("HR_DATABASE_URL", "postgres://ours@db/two")
+    assert load_settings().database_url == "postgresql+asyncpg://ours@db/two"
+    assert load_settings(database_url=PG_URL).database_url == PG_URL
+
+
+def test_a_bad_platform_variable_is_named_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://nope@db/x")
+    with pytest.raises(SettingsError, match="^DATABASE_URL: "):
+        load_settings()
+
+
+@pytest.mark.parametrize(("given", "level"), [("warn", "warning"), ("WARN", "warning")])
+def test_common_log_level_spellings_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, given: str, level: str
+) -> None:
+    monkeypatch.setenv("HR_LOG_LEVEL", given)
+    assert load_settings().log_level == level
+
+
+@pytest.mark.parametrize("variable", ["HR_METRICS_TOKEN", "HR_SENTRY_DSN"])
+def test_blank_secrets_mean_unset(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    """`${HR_METRICS_TOKEN:-}` in a compose file must not demand an empty bearer token."""
+    monkeypatch.setenv(variable, "  ")
+    settings = load_settings()
+    assert settings.metrics_token is None
+    assert settings.sentry_dsn is None
