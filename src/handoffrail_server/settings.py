@@ -302,10 +302,9 @@ def _unprefixed(overrides: dict[str, Any]) -> dict[str, str]:
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment, turning pydantic errors into one `SettingsError`."""
     fallbacks = _unprefixed(overrides)
+    values: dict[str, Any] = {field: os.environ[name] for field, name in fallbacks.items()}
     try:
-        return Settings(
-            **{field: os.environ[name] for field, name in fallbacks.items()}, **overrides
-        )
+        return Settings(**values, **overrides)
     except ValidationError as exc:
         messages = []
         for error in exc.errors():
