@@ -340,3 +340,13 @@ async def test_bootstrap_api_key_from_settings_works_as_operator_after_start(
         assert len(keys.json()) == 1
         refused = await client.get("/api/v1/keys", headers={"X-API-Key": other})
         assert refused.status_code == 401
+
+
+def test_commands_run_where_the_metrics_directory_does_not_exist_yet(tmp_path: Path) -> None:
+    """The image sets PROMETHEUS_MULTIPROC_DIR; a platform may run a command without the
+    entrypoint that used to create it."""
+    directory = tmp_path / "not" / "there"
+    result = run_cli("keys", "generate", PROMETHEUS_MULTIPROC_DIR=str(directory))
+    assert result.returncode == 0, result.stderr
+    assert KEY_PATTERN.fullmatch(result.stdout.strip())
+    assert directory.is_dir()

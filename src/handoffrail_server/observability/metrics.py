@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import (
+# The image sets PROMETHEUS_MULTIPROC_DIR for every process, but only its entrypoint made the
+# directory: a command a platform runs without it (Railway's pre-deploy `handoffrail migrate
+# up`, `kubectl exec ... handoffrail doctor`) crashed creating the first metric.
+if _multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(_multiproc_dir, exist_ok=True)
+
+from prometheus_client import (  # after the directory exists
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
