@@ -47,7 +47,8 @@ MAX_BODY_BYTES = 1024 * 1024 + 4096
 
 
 class SchemaNotAtHead(RuntimeError):
-    """The database is not migrated to the newest revision (staging/production refuse to start)."""
+    """The database is behind the code's newest revision (staging/production refuse to start;
+    a database ahead of the code, migrated by a newer release, is accepted with a warning)."""
 
 
 async def _expiry_loop(state: AppState, interval: float) -> None:
@@ -108,11 +109,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         if not settings.is_development:
             current = await migrations.current_revision(engine)
             head = migrations.head_revision()
-            if current != head:
+            found = migrations.schema_state(current, head, migrations.known_revisions())
+            if found is migrations.SchemaState.BEHIND:
                 raise SchemaNotAtHead(
                     f"database is at revision {current or 'none'}, code expects {head}: "
                     "run `handoffrail migrate up` before starting the server"
                 )
+            if found is migrations.SchemaState.AHEAD:
+                # a newer release migrated: a rolling deploy or an application rollback
+                # (docs/rollback.md); expand-then-contract migrations keep this schema usable
+                log.warning("schema.ahead_of_code", database_revision=current, code_head=head)
         if settings.bootstrap_api_key is not None:
             async with unit_of_work(state.sessions) as session:
                 await keys_service.bootstrap(

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+import structlog
+from sqlalchemy import select, text
 
 from handoffrail_server.db import migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
@@ -306,6 +307,48 @@ async def test_staging_app_starts_once_the_database_is_at_head(postgres_url: str
     ):
         response = await client.get("/health")
         assert response.status_code == 200
+
+
+@pytest.mark.postgres
+async def test_staging_app_refuses_a_database_one_revision_behind(postgres_url: str) -> None:
+    await asyncio.to_thread(migrations.upgrade, postgres_url)
+    await asyncio.to_thread(migrations.downgrade, postgres_url, "-1")
+    app = create_app(make_settings(postgres_url, environment="staging"))
+    try:
+        with pytest.raises(SchemaNotAtHead, match=r"code expects"):
+            async with app.router.lifespan_context(app):
+                pytest.fail("the app started on a database behind its code")
+    finally:
+        await app.state.hr.engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_staging_app_starts_on_a_database_a_newer_release_migrated(
+    postgres_url: str,
+) -> None:
+    """A rolling deploy or an application rollback: the previous release meets a revision it
+    does not know (expand-then-contract keeps the schema usable) and starts, with a warning."""
+    await asyncio.to_thread(migrations.upgrade, postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE alembic_version SET version_num = 'f00dfeed0001'")
+            )
+    finally:
+        await engine.dispose()
+    app = create_app(make_settings(postgres_url, environment="staging"))
+    transport = httpx.ASGITransport(app=app)
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+        ):
+            assert (await client.get("/health")).status_code == 200
+    ahead = [line for line in logs if line["event"] == "schema.ahead_of_code"]
+    assert ahead
+    assert ahead[0]["database_revision"] == "f00dfeed0001"
+    assert ahead[0]["code_head"] == migrations.head_revision()
 
 
 async def test_bootstrap_api_key_from_settings_works_as_operator_after_start(

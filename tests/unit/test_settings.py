@@ -416,7 +416,7 @@ def test_the_prefixed_variable_wins_over_the_platform_one(
 
 def test_a_bad_platform_variable_is_named_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "mysql://nope@db/x")
-    with pytest.raises(SettingsError, match="^DATABASE_URL: "):
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL: "):
         load_settings()
 
 

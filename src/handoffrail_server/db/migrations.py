@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 from alembic import command
@@ -34,6 +35,30 @@ def head_revision() -> str | None:
     """The newest revision in the scripts."""
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return script.get_current_head()
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision the scripts of this code know."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return frozenset(revision.revision for revision in script.walk_revisions())
+
+
+class SchemaState(StrEnum):
+    """Where a database stands against the code that wants to use it."""
+
+    AT_HEAD = "at_head"
+    BEHIND = "behind"  #: a revision of ours before the head, or never migrated
+    AHEAD = "ahead"  #: a revision this code does not know: written by newer code
+
+
+def schema_state(current: str | None, head: str | None, known: frozenset[str]) -> SchemaState:
+    """AHEAD is what a rolling deploy or an application rollback sees after a newer release
+    migrated (expand-then-contract keeps that schema usable by the previous release)."""
+    if current == head:
+        return SchemaState.AT_HEAD
+    if current is None or current in known:
+        return SchemaState.BEHIND
+    return SchemaState.AHEAD
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
