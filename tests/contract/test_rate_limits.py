@@ -357,6 +357,13 @@ async def test_batch_create_counts_every_packet(quota_api: tuple[Api, FrozenCloc
     assert all("Daily handoff limit" in error["error"] for error in result["errors"])
     assert (await usage(api, key))["usage"]["handoffs_today"] == 5
     assert (await create(api, key)).status_code == 429
+    # with the quota spent before it starts, the whole batch is the 429 the SDK maps to
+    # RateLimitError(retry_after): not a 201 that created nothing
+    spent = await api.client.post(f"{P}/packets/batch", json=batch, headers=api.headers(key))
+    body = assert_problem(spent, 429, "quota.handoffs_per_day")
+    assert body["detail"] == "Daily handoff limit reached for your tier"
+    assert int(spent.headers["Retry-After"]) > 0
+    assert (await usage(api, key))["usage"]["handoffs_today"] == 5
 
 
 async def test_chained_handoffs_count_against_the_quota(

@@ -77,6 +77,10 @@ def test_sdk_batch_reports_the_packets_past_the_quota(live_server: LiveServer) -
         assert [error.index for error in result.errors] == [5, 6]
         with pytest.raises(RateLimitError):
             client.create_packet(packet("after the batch"))
+        with pytest.raises(RateLimitError) as caught:
+            client.batch_create_packets([packet("spent"), packet("already")])
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after > 0
 
 
 async def test_async_sdk_raises_rate_limit_error_too(live_server: LiveServer) -> None:

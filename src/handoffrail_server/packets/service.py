@@ -18,6 +18,7 @@ from handoffrail_server.db.models import Packet
 from handoffrail_server.db.rows import transient
 from handoffrail_server.errors import DomainError
 from handoffrail_server.limits import service as quotas
+from handoffrail_server.limits.errors import DailyHandoffQuotaExceeded
 from handoffrail_server.limits.service import TenantLimits
 from handoffrail_server.observability import metrics
 from handoffrail_server.packets import changes, policy, repository
@@ -289,7 +290,10 @@ class PacketService:
         return await self._insert(body, parent_packet_id=body.parent_packet_id, last=last)
 
     async def create_many(self, raw_packets: list[dict[str, Any]]) -> BatchCreated:
-        """Create each valid packet; report the others by index."""
+        """Create each valid packet; report the others by index. A daily quota already spent
+        when the batch starts is the whole batch's 429 (as the original server and its SDK
+        expect: `RateLimitError` with `retry_after`); one that runs out part-way leaves the
+        packets made so far and reports the rest by index."""
         if len(raw_packets) > self.max_batch:
             raise BatchTooLarge(f"Batch size exceeds maximum of {self.max_batch}")
         created: list[PacketRead] = []
@@ -301,6 +305,10 @@ class PacketService:
                     created.append(to_read(await self.create(body)))
             except ValidationError as exc:
                 errors.append(BatchCreateError(index=index, error=validation_summary(exc)))
+            except DailyHandoffQuotaExceeded as exc:
+                if not created:
+                    raise
+                errors.append(BatchCreateError(index=index, error=exc.detail))
             except DomainError as exc:
                 errors.append(BatchCreateError(index=index, error=exc.detail))
         return BatchCreated(created=created, errors=errors)
