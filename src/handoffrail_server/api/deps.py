@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette._utils import get_route_path
+from starlette.requests import HTTPConnection
 
 from handoffrail_server.api.roles import allows, required_role
 from handoffrail_server.clock import Clock
@@ -108,8 +109,8 @@ async def _state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(_state)]
 
 
-def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _client_ip(connection: HTTPConnection) -> str:
+    return connection.client.host if connection.client else "unknown"
 
 
 def _rate_headers(decision: Decision, tier: str, policy: str) -> list[tuple[str, str]]:
@@ -133,12 +134,14 @@ def add_response_headers(request: Request, headers: list[tuple[str, str]]) -> No
     existing.extend(headers)
 
 
-async def _throttle_auth_failure(request: Request, state: AppState) -> None:
-    # Key guessing is throttled per client IP; unknown keys never touch a tenant's budget.
+async def throttle_auth_failure(connection: HTTPConnection, state: AppState) -> None:
+    """Count a failed authentication against the client IP's budget (REST, streams and the
+    dashboard share it); 429 past `HR_AUTH_FAILURES_PER_MINUTE`. Unknown keys never touch a
+    tenant's budget."""
     if state.limiter is None or not state.settings.auth_failures_per_minute:
         return
     item = per_minute(state.settings.auth_failures_per_minute)
-    decision = await state.limiter.hit(item, "auth-failure", _client_ip(request))
+    decision = await state.limiter.hit(item, "auth-failure", _client_ip(connection))
     if not decision.allowed:
         metrics.RATE_LIMITED.labels("unauthenticated", "auth_failures").inc()
         raise RateLimited("Too many failed authentication attempts", decision.retry_after)
@@ -193,7 +196,7 @@ async def resolve_principal(request: Request, session: AsyncSession) -> Principa
             session, request.headers.get("x-api-key"), state.principals
         )
     except AuthenticationFailed:
-        await _throttle_auth_failure(request, state)
+        await throttle_auth_failure(request, state)
         raise
     # the path below the app's root path (`--root-path`, a proxy's prefix), as routing sees it
     needed = required_role(request.method, get_route_path(request.scope))

@@ -31,9 +31,9 @@ from handoffrail_server.api.deps import (
     AppState,
     Session,
     State,
-    _throttle_auth_failure,
     app_state,
     request_id,
+    throttle_auth_failure,
 )
 from handoffrail_server.dashboard import auth
 from handoffrail_server.dashboard.auth import Viewer
@@ -231,7 +231,7 @@ async def sign_in(request: Request, state: State, session: Session) -> Response:
         principal = await keys_service.authenticate(session, form.get("api_key"))
     except DomainError:
         try:
-            await _throttle_auth_failure(request, state)
+            await throttle_auth_failure(request, state)
         except RateLimited:
             return _signin_page(request, state, "Too many failed sign-ins; wait a minute.", 429)
         return _signin_page(request, state, "That API key is not valid.", 401)
@@ -366,8 +366,8 @@ async def events(
     tenant_id = viewer.tenant_id
     if _open_streams[tenant_id] >= MAX_STREAMS_PER_TENANT:
         return Response(status_code=429, headers={"Retry-After": "30"})
-    resume = last_event_id.strip() if last_event_id else ""
-    after_id = min(int(resume), 2**62) if resume.isdigit() else newest
+    resume = streams.parse_last_event_id(last_event_id)  # as on /events; odd: start at now
+    after_id = newest if resume is None else resume
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
         nonlocal after_id

@@ -20,12 +20,14 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
-from handoffrail_server.api.deps import AppState, app_state
+from handoffrail_server.api.deps import AppState, app_state, throttle_auth_failure
 from handoffrail_server.db.uow import unit_of_work
-from handoffrail_server.errors import DomainError
+from handoffrail_server.errors import AuthenticationFailed, DomainError
 from handoffrail_server.keys import service as keys_service
 from handoffrail_server.keys.service import Principal
+from handoffrail_server.limits.errors import RateLimited
 from handoffrail_server.realtime import service
 from handoffrail_server.realtime.service import Subscription
 
@@ -54,6 +56,42 @@ async def _authenticate(state: AppState, key: str | None) -> Principal:
         return await keys_service.authenticate(session, key, state.principals)
 
 
+class _Slot:
+    """One of the tenant's stream connections, taken at admission and given back exactly once."""
+
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        self._held = True
+        _open[tenant_id] += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            _open[self.tenant_id] -= 1
+
+
+def _reserve(principal: Principal) -> _Slot | None:
+    """Take a slot if the tier allows one more stream; check and take share no `await`."""
+    if _open[principal.tenant_id] >= MAX_CONNECTIONS.get(principal.tier, 1):
+        return None
+    return _Slot(principal.tenant_id)
+
+
+class _SlotResponse(EventSourceResponse):
+    """An SSE response that gives its slot back however it ends, even before `frames()` starts
+    (an async generator that never started runs no `finally`)."""
+
+    def __init__(self, *args: Any, slot: _Slot, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
+
+
 def _channels(subscribe: list[str], agent: str | None, status: str | None) -> Subscription:
     channels = {channel for channel in subscribe if channel and len(channel) <= 300}
     if agent:
@@ -61,12 +99,6 @@ def _channels(subscribe: list[str], agent: str | None, status: str | None) -> Su
     if status:
         channels.add(f"status:{status}")
     return Subscription(channels=channels)
-
-
-def _parse_last_id(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return min(int(value.strip()), 2**62)
 
 
 async def _start_id(state: AppState, tenant_id: str, last_event_id: int | None) -> int:
@@ -104,37 +136,45 @@ async def sse_events(
 ) -> EventSourceResponse:
     """Server-sent events of the caller's tenant; resumes after `Last-Event-ID`."""
     state = app_state(request)
-    principal = await _authenticate(state, x_api_key or api_key)
-    cap = MAX_CONNECTIONS.get(principal.tier, 1)
-    if _open[principal.tenant_id] >= cap:
+    try:
+        principal = await _authenticate(state, x_api_key or api_key)
+    except AuthenticationFailed:
+        await throttle_auth_failure(request, state)  # the same per-IP budget as REST
+        raise
+    slot = _reserve(principal)
+    if slot is None:
+        cap = MAX_CONNECTIONS.get(principal.tier, 1)
         raise TooManyStreams(f"The {principal.tier} tier allows {cap} concurrent stream(s)")
-    resume = _parse_last_id(last_event_id or request.query_params.get("last_event_id"))
-    after_id = await _start_id(state, principal.tenant_id, resume)
+    try:
+        resume = service.parse_last_event_id(
+            last_event_id or request.query_params.get("last_event_id")
+        )
+        after_id = await _start_id(state, principal.tenant_id, resume)
+    except BaseException:
+        slot.release()
+        raise
     subscription = _channels(subscribe or [], agent, status)
     connection_id = uuid.uuid4().hex
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
-        _open[principal.tenant_id] += 1
-        try:
-            hello = {"type": "connected", "connection_id": connection_id, "message": "connected"}
-            yield ServerSentEvent(data=json.dumps(hello), event="connected")
-            async for batch in _batches(state, principal.tenant_id, after_id):
-                for event in batch:
-                    if subscription.matches(event):
-                        yield ServerSentEvent(
-                            data=json.dumps(service.envelope(event)),
-                            event=event.event_type,
-                            id=str(event.id),
-                        )
-        finally:
-            _open[principal.tenant_id] -= 1
+        hello = {"type": "connected", "connection_id": connection_id, "message": "connected"}
+        yield ServerSentEvent(data=json.dumps(hello), event="connected")
+        async for batch in _batches(state, principal.tenant_id, after_id):
+            for event in batch:
+                if subscription.matches(event):
+                    yield ServerSentEvent(
+                        data=json.dumps(service.envelope(event)),
+                        event=event.event_type,
+                        id=str(event.id),
+                    )
 
     def ping() -> ServerSentEvent:
         now = datetime.now(UTC).isoformat()
         return ServerSentEvent(data=json.dumps({"type": "ping", "timestamp": now}), event="ping")
 
-    return EventSourceResponse(
+    return _SlotResponse(
         frames(),
+        slot=slot,
         ping=int(state.settings.stream_heartbeat_seconds),
         ping_message_factory=ping,
         send_timeout=SEND_TIMEOUT_SECONDS,
@@ -190,34 +230,42 @@ async def websocket_events(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         principal = await _authenticate(state, key)
-    except DomainError:
-        await websocket.close(code=1008, reason="invalid or missing API key")
+    except DomainError as exc:
+        reason = "invalid or missing API key"
+        if isinstance(exc, AuthenticationFailed):
+            try:
+                # Only `client` is read, which a WebSocket has as well as a Request.
+                await throttle_auth_failure(websocket, state)
+            except RateLimited:
+                reason = "too many failed authentication attempts"
+        await websocket.close(code=1008, reason=reason)
         return
-    cap = MAX_CONNECTIONS.get(principal.tier, 1)
-    if _open[principal.tenant_id] >= cap:
+    slot = _reserve(principal)
+    if slot is None:
         await websocket.close(code=1008, reason="too many connections for this tier")
         return
-    _open[principal.tenant_id] += 1
-    subscription = Subscription()
-    after_id = await _start_id(
-        state, principal.tenant_id, _parse_last_id(websocket.query_params.get("last_event_id"))
-    )
-    await websocket.send_json(
-        {
-            "type": "connected",
-            "connection_id": uuid.uuid4().hex,
-            "tier": principal.tier,
-            "message": "connected",
-        }
-    )
-    tasks = [
-        asyncio.create_task(_ws_reader(websocket, subscription)),
-        asyncio.create_task(
-            _ws_pusher(websocket, state, principal.tenant_id, after_id, subscription)
-        ),
-        asyncio.create_task(_ws_heartbeat(websocket)),
-    ]
+    tasks: list[asyncio.Task[None]] = []
     try:
+        # Everything after the slot is taken can fail (client gone, database error): the
+        # `finally` below gives it back.
+        subscription = Subscription()
+        resume = service.parse_last_event_id(websocket.query_params.get("last_event_id"))
+        after_id = await _start_id(state, principal.tenant_id, resume)
+        await websocket.send_json(
+            {
+                "type": "connected",
+                "connection_id": uuid.uuid4().hex,
+                "tier": principal.tier,
+                "message": "connected",
+            }
+        )
+        tasks = [
+            asyncio.create_task(_ws_reader(websocket, subscription)),
+            asyncio.create_task(
+                _ws_pusher(websocket, state, principal.tenant_id, after_id, subscription)
+            ),
+            asyncio.create_task(_ws_heartbeat(websocket)),
+        ]
         done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             error = task.exception()
@@ -227,10 +275,12 @@ async def websocket_events(websocket: WebSocket) -> None:
                     await websocket.close(code=1008, reason="client too slow")
             elif error is not None and not isinstance(error, WebSocketDisconnect):
                 log.warning("stream.websocket_failed", error=type(error).__name__)
+    except WebSocketDisconnect:
+        pass  # gone before `connected` was sent
     finally:
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        _open[principal.tenant_id] -= 1
+        slot.release()

@@ -26,6 +26,20 @@ _TYPE_BY_HISTORY = {
 }
 
 
+#: a resume id longer than this is not one of ours (ids are BIGINT; int() of a huge string fails)
+MAX_LAST_ID_DIGITS = 20
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """A resume id (`Last-Event-ID`), or None (start at now) for anything but up to 20 ASCII
+    digits: `str.isdigit()` alone accepts `²` and other Unicode digits that int() refuses or
+    reads differently. Capped at 2**62."""
+    value = value.strip() if value else ""
+    if not (value.isascii() and value.isdigit()) or len(value) > MAX_LAST_ID_DIGITS:
+        return None
+    return min(int(value), 2**62)
+
+
 def stream_type(history_event: str) -> str:
     """The stream event type for a packet history event (`packet.<status>` for transitions)."""
     return _TYPE_BY_HISTORY.get(history_event, f"packet.{history_event}")
