@@ -42,9 +42,9 @@ class PacketTooLarge(DomainError):
     status = 413
     title = "Content too large"
 
-    def __init__(self, size: int, limit: int, tier: str) -> None:
+    def __init__(self, size: int, limit: int, tier: str, *, what: str = "Request body") -> None:
         super().__init__(
-            f"Request body of {size} bytes exceeds the {tier} tier limit of {limit} bytes",
+            f"{what} of {size} bytes exceeds the {tier} tier limit of {limit} bytes",
             limit_bytes=limit,
             tier=tier,
         )

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,7 +19,7 @@ from handoffrail_server.db.models import Packet
 from handoffrail_server.db.rows import transient
 from handoffrail_server.errors import DomainError
 from handoffrail_server.limits import service as quotas
-from handoffrail_server.limits.errors import DailyHandoffQuotaExceeded
+from handoffrail_server.limits.errors import DailyHandoffQuotaExceeded, PacketTooLarge
 from handoffrail_server.limits.service import TenantLimits
 from handoffrail_server.observability import metrics
 from handoffrail_server.packets import changes, policy, repository
@@ -200,6 +201,17 @@ class PacketService:
 
     # -- create -------------------------------------------------------------------------------
 
+    def _check_size(self, document: dict[str, Any]) -> None:
+        """A chained packet carries its parent's conversation, which its request body did not:
+        the tier's packet size holds for the packet as stored, or chains would grow past it."""
+        if self.limits is None:
+            return
+        size, limit = len(orjson.dumps(document)), self.limits.quotas.max_packet_size
+        if size > limit:
+            metrics.QUOTA_REJECTIONS.labels(self.limits.tier, "max_packet_size").inc()
+            what = "Chained packet (with the parent's conversation)"
+            raise PacketTooLarge(size, limit, self.limits.tier, what=what)
+
     async def _insert(
         self,
         body: ChainRequest,
@@ -214,6 +226,7 @@ class PacketService:
                 *prefix_conversation,
                 *document["context"]["conversation_state"],
             ]
+            self._check_size(document)
         if body.schema_id:
             await registry.validate_context(
                 self.session, self.tenant_id, body.schema_id, document["context"]
