@@ -334,3 +334,22 @@ def test_development_console_logs_are_redacted_too() -> None:
     assert "ValueError" in text
     assert key not in text
     assert "console-pw" not in text
+
+
+async def test_metrics_show_the_webhook_outbox_without_a_worker(api: Api) -> None:
+    """The worker has no port of its own: the API reads the outbox's gauges at scrape time."""
+    hook = await api.client.post(
+        f"{P}/hooks", json={"url": "http://93.184.216.34/hook"}, headers=api.headers()
+    )
+    assert hook.status_code == 201, hook.text
+    before = parse_metrics((await api.client.get("/metrics")).text)
+    for index in range(3):
+        created = await api.client.post(
+            f"{P}/packets", json=packet_body(f"queued {index}"), headers=api.headers()
+        )
+        assert created.status_code == 201, created.text
+    after = parse_metrics((await api.client.get("/metrics")).text)
+    name = "handoffrail_webhook_queue_depth"
+    assert total(after, name) - total(before, name) == 3
+    assert has_sample(after, "handoffrail_webhook_dlq_size")
+    assert total(after, "handoffrail_webhook_queue_oldest_seconds") >= 0

@@ -16,6 +16,7 @@ from handoffrail_server.api.problems import problem
 from handoffrail_server.db.models import Packet
 from handoffrail_server.observability import metrics
 from handoffrail_server.packets.lifecycle import ACTIVE
+from handoffrail_server.webhooks import repository as webhook_repository
 
 router = APIRouter(tags=["health"])
 
@@ -85,7 +86,15 @@ async def _refresh_gauges(request: Request) -> None:
                 statuses = [status.value for status in ACTIVE]
                 query = select(func.count()).select_from(Packet).where(Packet.status.in_(statuses))
                 metrics.ACTIVE_PACKETS.set((await connection.execute(query)).scalar_one())
-    except Exception:  # the gauge keeps its last value when the database is away
+            # The webhook outbox lives in the database: its gauges are read here too, so the
+            # API's /metrics has them wherever `handoffrail worker` runs (its own container,
+            # without a port of its own).
+            async with state.sessions() as session:
+                depth, age, dead = await webhook_repository.queue_stats(session, state.clock.now())
+            metrics.WEBHOOK_QUEUE_DEPTH.set(depth)
+            metrics.WEBHOOK_QUEUE_AGE.set(age)
+            metrics.WEBHOOK_DLQ_SIZE.set(dead)
+    except Exception:  # the gauges keep their last values when the database is away
         return
 
 
