@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -90,6 +91,7 @@ def server_env(database_url: str, key: str, port: int, workdir: Path) -> dict[st
     `SERVER_OVERRIDES`."""
     env = clean_env(
         HR_ENVIRONMENT="staging",
+        HR_SECRET_KEY=secrets.token_urlsafe(48),
         HR_DATABASE_URL=database_url,
         HR_REDIS_URL=REDIS_URL,
         HR_REDIS_PREFIX=f"bench-{uuid.uuid4().hex[:8]}",

@@ -212,8 +212,13 @@ def migrated_url(database_url: str, migrated_templates: dict[str, str]) -> str:
     return database_url
 
 
+#: a secret staging and production accept (32+ random-looking characters)
+TEST_SECRET = "test-secret-Vq3Jp9wL2xTz7Rk5mNb8Hc4Yd6Gf1Sa0"
+
+
 def make_settings(url: str, **overrides: object) -> Settings:
-    """Development settings for a test database (no background expiry loop)."""
+    """Development settings for a test database (no background expiry loop); another
+    environment gets `TEST_SECRET` unless the overrides name a secret."""
     values: dict[str, object] = {
         "database_url": url,
         "environment": "development",
@@ -221,6 +226,8 @@ def make_settings(url: str, **overrides: object) -> Settings:
         "log_level": "warning",
     }
     values.update(overrides)
+    if values["environment"] != "development":
+        values.setdefault("secret_key", TEST_SECRET)
     return Settings(**values)  # type: ignore[arg-type]
 
 

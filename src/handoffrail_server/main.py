@@ -38,7 +38,7 @@ from handoffrail_server.observability.sentry import init_sentry
 from handoffrail_server.packets.deadlines import expire_due
 from handoffrail_server.realtime.broker import Broker
 from handoffrail_server.realtime.router import router as realtime_router
-from handoffrail_server.settings import Environment, Settings, get_settings
+from handoffrail_server.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
 
@@ -184,9 +184,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(realtime_router)
     app.include_router(dashboard_router)
     if settings.cors_origins:
-        wildcard = "*" in settings.cors_origins
-        if wildcard and settings.environment is Environment.STAGING:
-            log.warning("config.cors_wildcard", variable="HR_CORS_ORIGINS", refused_in="production")
+        wildcard = "*" in settings.cors_origins  # development only (the settings refuse it else)
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,

@@ -243,30 +243,32 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:
+        """Staging and production: PostgreSQL, a random secret of at least 32 characters, an
+        explicit CORS list, no debug mode (DEPLOY.md); production also no private webhook
+        targets (staging may test against receivers on a private network)."""
         if self.environment is Environment.DEVELOPMENT:
             return self
+        where = self.environment.value
         if self.is_sqlite:
             raise ValueError(
-                "HR_DATABASE_URL: SQLite is for development only; set a PostgreSQL URL in "
-                f"{self.environment.value}"
+                f"HR_DATABASE_URL: SQLite is for development only; set a PostgreSQL URL in {where}"
             )
-        if self.environment is Environment.PRODUCTION:
-            secret = self.secret_key.get_secret_value()
-            if len(secret) < 32 or "change-me" in secret or "changeme" in secret.lower():
-                raise ValueError(
-                    "HR_SECRET_KEY: production needs a random secret of at least 32 characters "
-                    "(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
-                )
-            if "*" in self.cors_origins:
-                raise ValueError(
-                    "HR_CORS_ORIGINS: '*' is refused in production; list the allowed origins"
-                )
-            if self.debug:
-                raise ValueError("HR_DEBUG: debug mode is refused in production; unset HR_DEBUG")
-            if self.webhook_allow_private:
-                raise ValueError(
-                    "HR_WEBHOOK_ALLOW_PRIVATE: private webhook targets are refused in production"
-                )
+        secret = self.secret_key.get_secret_value()
+        if len(secret) < 32 or "change-me" in secret or "changeme" in secret.lower():
+            raise ValueError(
+                f"HR_SECRET_KEY: {where} needs a random secret of at least 32 characters "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if "*" in self.cors_origins:
+            raise ValueError(
+                f"HR_CORS_ORIGINS: '*' is refused in {where}; list the allowed origins"
+            )
+        if self.debug:
+            raise ValueError(f"HR_DEBUG: debug mode is refused in {where}; unset HR_DEBUG")
+        if self.environment is Environment.PRODUCTION and self.webhook_allow_private:
+            raise ValueError(
+                "HR_WEBHOOK_ALLOW_PRIVATE: private webhook targets are refused in production"
+            )
         return self
 
     @property

@@ -21,7 +21,13 @@ import pytest
 
 from handoffrail_server.db import migrations
 from handoffrail_server.keys.tokens import generate_key
-from tests.conftest import create_pg_database, drop_pg_database, free_port, packet_body
+from tests.conftest import (
+    TEST_SECRET,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    packet_body,
+)
 from tests.deploy.helpers import ROOT, clean_env, tool
 
 START_TIMEOUT = 60.0
@@ -35,6 +41,7 @@ def test_sigterm_during_a_slow_request_lets_it_complete(tmp_path: Path) -> None:
     port, key = free_port(), generate_key()
     env = clean_env(
         HR_ENVIRONMENT="staging",
+        HR_SECRET_KEY=TEST_SECRET,
         HR_DATABASE_URL=url,
         HR_BOOTSTRAP_API_KEY=key,
         HR_TIER_DEFAULT="business",

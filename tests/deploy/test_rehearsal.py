@@ -29,6 +29,7 @@ from handoffrail_server.keys.tokens import generate_key
 from handoffrail_server.settings import normalize_database_url
 from tests.conftest import (
     REDIS_TEST_URL,
+    TEST_SECRET,
     LiveServer,
     bootstrap_operator_key,
     create_pg_database,
@@ -102,6 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     plain_url = url.replace("postgresql+asyncpg://", "postgresql://", 1)
     env = clean_env(
         HR_ENVIRONMENT="staging",
+        HR_SECRET_KEY=TEST_SECRET,
         HR_DATABASE_URL=plain_url,
         HR_REDIS_URL=REDIS_TEST_URL,
         HR_REDIS_PREFIX=f"deploy{port}",
@@ -288,7 +290,9 @@ def test_postgres_backup_restore_into_a_fresh_database(stack: Stack, tmp_path: P
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_rollback_one_migration_then_forward_again(postgres_url: str) -> None:
-    env = clean_env(HR_ENVIRONMENT="staging", HR_DATABASE_URL=postgres_url)
+    env = clean_env(
+        HR_ENVIRONMENT="staging", HR_SECRET_KEY=TEST_SECRET, HR_DATABASE_URL=postgres_url
+    )
     assert cli("migrate", "up", env=env).returncode == 0
     bootstrap_operator_key(postgres_url)
     before, head = row_counts(postgres_url)

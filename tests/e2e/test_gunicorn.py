@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from handoffrail_server.db import migrations
 from handoffrail_server.keys.tokens import generate_key
-from tests.conftest import free_port, packet_body
+from tests.conftest import TEST_SECRET, free_port, packet_body
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -86,6 +86,7 @@ def gunicorn(postgres_url: str, tmp_path: Path) -> Iterator[Gunicorn]:
         HR_PORT=str(port),
         HR_BIND_HOST="127.0.0.1",
         HR_ENVIRONMENT="staging",
+        HR_SECRET_KEY=TEST_SECRET,
         HR_DATABASE_URL=postgres_url,
         HR_BOOTSTRAP_API_KEY=key,
         HR_LOG_LEVEL="info",

@@ -100,12 +100,13 @@ def test_staging_refuses_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
-def test_staging_allows_wildcard_cors(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_staging_refuses_wildcard_cors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HR_ENVIRONMENT", "staging")
     monkeypatch.setenv("HR_DATABASE_URL", PG_URL)
+    monkeypatch.setenv("HR_SECRET_KEY", STRONG_SECRET)
     monkeypatch.setenv("HR_CORS_ORIGINS", '["*"]')
-    settings = load_settings()
-    assert settings.cors_origins == ["*"]
+    with pytest.raises(SettingsError, match=r"^HR_CORS_ORIGINS: '\*' is refused in staging"):
+        load_settings()
 
 
 def test_development_allows_everything_production_refuses(
@@ -233,6 +234,7 @@ def test_doctor_fails_when_the_database_is_unreachable() -> None:
     closed = free_port()
     result = doctor(
         HR_ENVIRONMENT="staging",
+        HR_SECRET_KEY=STRONG_SECRET,
         HR_DATABASE_URL=f"postgresql://postgres:unreachable-pw@127.0.0.1:{closed}/none",
     )
     output = result.stdout + result.stderr
@@ -260,9 +262,15 @@ def test_doctor_fails_when_configured_redis_is_unreachable(tmp_path: Path) -> No
 
 
 @pytest.mark.postgres
-def test_doctor_warns_about_wildcard_cors_in_staging(postgres_url: str) -> None:
+def test_doctor_fails_on_wildcard_cors_in_staging(postgres_url: str) -> None:
     migrations.upgrade(postgres_url)
-    result = doctor(HR_ENVIRONMENT="staging", HR_DATABASE_URL=postgres_url, HR_CORS_ORIGINS='["*"]')
+    result = doctor(
+        HR_ENVIRONMENT="staging",
+        HR_SECRET_KEY=STRONG_SECRET,
+        HR_DATABASE_URL=postgres_url,
+        HR_CORS_ORIGINS='["*"]',
+    )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "WARN" in row(output, "cors")
+    assert result.returncode == 1, output
+    assert "FAIL" in row(output, "configuration")
+    assert "HR_CORS_ORIGINS" in output

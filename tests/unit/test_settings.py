@@ -358,11 +358,34 @@ def test_wildcard_cors_and_default_secret_are_allowed_in_development(
     assert load_settings().cors_origins == ["*"]
 
 
-def test_staging_does_not_refuse_default_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HR_SECRET_KEY", ""),  # the default development secret
+        ("HR_SECRET_KEY", "short"),
+        ("HR_CORS_ORIGINS", '["*"]'),
+        ("HR_DEBUG", "true"),
+    ],
+)
+def test_staging_refuses_what_production_refuses(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """DEPLOY.md: staging and production need a secret of 32+ characters, an explicit CORS
+    list and no debug mode (the secret signs dashboard sessions and seals webhook secrets)."""
     monkeypatch.setenv("HR_ENVIRONMENT", "staging")
     monkeypatch.setenv("HR_DATABASE_URL", PG_URL)
+    monkeypatch.setenv("HR_SECRET_KEY", STRONG_SECRET)
+    if value:
+        monkeypatch.setenv(variable, value)
+    else:
+        monkeypatch.delenv(variable)
+    with pytest.raises(SettingsError, match=f"^{variable}: .*staging"):
+        load_settings()
 
-    assert load_settings().environment is Environment.STAGING
+
+def test_staging_may_send_webhooks_to_private_receivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    _production(monkeypatch, HR_ENVIRONMENT="staging", HR_WEBHOOK_ALLOW_PRIVATE="true")
+    assert load_settings().webhook_allow_private
 
 
 def test_secret_key_is_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ from handoffrail_server.db.engine import create_engine
 from handoffrail_server.db.models import ApiKey
 from handoffrail_server.infra.redis import create_redis
 from handoffrail_server.settings import (
-    Environment,
     Settings,
     SettingsError,
     load_settings,
@@ -41,10 +40,6 @@ def _config_checks(settings: Settings) -> list[Check]:
         Check("configuration", True, f"environment {settings.environment.value}"),
         Check("database url", True, redact_url(settings.database_url)),
     ]
-    if settings.environment is Environment.STAGING and "*" in settings.cors_origins:
-        checks.append(
-            Check("cors", True, "HR_CORS_ORIGINS contains '*' (refused in production)", True)
-        )
     if settings.is_development and settings.is_sqlite:
         checks.append(Check("database backend", True, "SQLite (development only)", True))
     return checks
