@@ -42,8 +42,16 @@ from handoffrail_server.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
 
-#: hard cap on any request body; tier limits (smaller) are enforced per tenant on top
+#: hard cap on any request body unless a tier allows more; tier limits are enforced per tenant
 MAX_BODY_BYTES = 1024 * 1024 + 4096
+
+
+def body_cap(settings: Settings) -> int:
+    """The edge's cap on any request body: 1 MiB (+ slack), or the largest tier's packet size
+    when `HR_TIER_QUOTAS` raises one above it (else that tier's larger packets could never
+    arrive)."""
+    largest = max(quotas.max_packet_size for quotas in settings.tiers.values())
+    return max(MAX_BODY_BYTES, largest + 4096)
 
 
 class SchemaNotAtHead(RuntimeError):
@@ -194,5 +202,5 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             allow_headers=["X-API-Key", "Content-Type", "X-Request-ID", "Last-Event-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(EdgeMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(EdgeMiddleware, max_bytes=body_cap(settings))
     return app

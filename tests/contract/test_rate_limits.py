@@ -623,3 +623,18 @@ async def test_rate_limit_and_quota_metrics_count_refusals(db: Db) -> None:
             "max_agents": 1,
             "size": 1,
         }
+
+
+async def test_a_tier_may_allow_packets_above_one_mebibyte(db: Db) -> None:
+    """`HR_TIER_QUOTAS` raising a tier's packet size above the default edge cap takes effect."""
+    raised = '{"business": {"max_packet_size": 3145728}}'
+    async with serve(db, tier_quotas=raised) as api:
+        _, business = await api.new_tenant_admin(tier="business")
+        _, pro = await api.new_tenant_admin(tier="pro")
+        big = "x" * (2 * 1024 * KIB)
+        assert (await create(api, business, big)).status_code == 201
+        refused = await create(api, pro, big)
+        body = assert_problem(refused, 413)
+        assert (body["limit_bytes"], body["tier"]) == (256 * KIB, "pro")
+        too_big = await create(api, business, "x" * (3 * 1024 * KIB))
+        assert_problem(too_big, 413)
