@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     webhook_delivery_retention_days: int = Field(default=14, ge=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
+    #: serve the worker's own metrics (deliveries, job runs) on this port; 0: off
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
     stream_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     stream_heartbeat_seconds: float = Field(default=15.0, ge=1, le=300)
     stream_retention_seconds: int = Field(default=86_400, ge=60)

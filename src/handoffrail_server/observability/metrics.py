@@ -17,6 +17,7 @@ if _multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 from prometheus_client import (  # after the directory exists
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -126,13 +127,18 @@ JOB_RUNS = Counter(
 UNMATCHED = "unmatched"
 
 
+def registry() -> CollectorRegistry:
+    """What to expose: every process's samples merged in multiprocess mode, else this one's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return merged
+    return REGISTRY
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text (merged across workers in multiprocess mode) and its content type."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
 
 
 def route_template(scope: Scope) -> str:

@@ -10,9 +10,11 @@ import contextlib
 import signal
 
 import structlog
+from prometheus_client import start_http_server
 
 from handoffrail_server.clock import Clock, SystemClock
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
+from handoffrail_server.observability import metrics
 from handoffrail_server.settings import Settings
 from handoffrail_server.webhooks.delivery import Deliverer, create_http_client
 from handoffrail_server.worker.jobs import JobContext, run_due
@@ -48,7 +50,18 @@ async def run_worker(
     sessions = create_sessionmaker(engine)
     context = JobContext(sessions=sessions, settings=settings, clock=clock)
     next_schedule = 0.0
-    log.info("worker.started", schedule=schedule, concurrency=settings.worker_concurrency)
+    exporter = None
+    if settings.worker_metrics_port:
+        # its own counters (deliveries by outcome, job runs) live in this process only
+        exporter, _thread = start_http_server(
+            settings.worker_metrics_port, settings.worker_metrics_host, registry=metrics.registry()
+        )
+    log.info(
+        "worker.started",
+        schedule=schedule,
+        concurrency=settings.worker_concurrency,
+        metrics_port=settings.worker_metrics_port or None,
+    )
     try:
         async with create_http_client(settings) as http:
             deliverer = Deliverer(sessions, settings, clock, http)
@@ -66,5 +79,8 @@ async def run_worker(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), settings.worker_poll_seconds)
     finally:
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         await engine.dispose()
         log.info("worker.stopped")
