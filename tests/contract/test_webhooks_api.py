@@ -209,6 +209,39 @@ async def test_private_and_malformed_urls_are_refused(api: Api, url: str) -> Non
     assert body.get("field") in {None, "url"}
 
 
+#: URLs urlsplit or httpx cannot parse: once a 500 (ValueError) or a 201 that wedged delivery
+UNPARSABLE_URLS = [
+    "http://[abc/",
+    "http://[::1",
+    "http://[abc]/hook",
+    "https://ex\u2100ample.com/",
+    "http://xn--zz.example/hook",
+    "http://93.184.216.34/hook\u0001",
+    "http://93.184.216.34/h\tok",
+    "http://93.184.216.34/hook\u007f",
+]
+
+
+@pytest.mark.parametrize("url", UNPARSABLE_URLS)
+async def test_unparsable_urls_are_refused_on_create(api: Api, url: str) -> None:
+    response, _ = await register(api, url=url)
+    body = assert_problem(response, 422, "webhook.url_refused")
+    assert body.get("field") in {None, "url"}
+
+
+@pytest.mark.parametrize("url", UNPARSABLE_URLS)
+async def test_unparsable_urls_are_refused_on_patch_and_the_hook_keeps_its_url(
+    api: Api, url: str
+) -> None:
+    hook = await registered(api)
+    response = await api.client.patch(
+        f"{P}/hooks/{hook['id']}", json={"url": url}, headers=api.headers()
+    )
+    assert_problem(response, 422, "webhook.url_refused")
+    fetched = await api.client.get(f"{P}/hooks/{hook['id']}", headers=api.headers())
+    assert fetched.json()["url"] == PUBLIC_URL
+
+
 async def test_patching_to_a_private_url_is_refused(api: Api) -> None:
     hook = await registered(api)
     response = await api.client.patch(

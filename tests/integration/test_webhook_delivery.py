@@ -18,13 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from handoffrail_server.clock import FrozenClock
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
-from handoffrail_server.db.models import Packet, WebhookAttempt, WebhookDelivery
+from handoffrail_server.db.models import Packet, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.main import create_app
 from handoffrail_server.packets.schemas import PacketCreate
@@ -322,6 +322,78 @@ async def test_a_private_target_is_refused_at_delivery_without_allow_private(
     [delivery] = await env.deliveries(hook["id"])
     assert delivery["status"] == "failed"
     assert delivery["last_error"].startswith("refused:")
+
+
+async def test_a_stored_url_httpx_cannot_build_fails_its_attempt_without_wedging_the_batch(
+    env: Env, receiver: Receiver
+) -> None:
+    good = await env.register(receiver.url, ["packet.created"])
+    bad = await env.register(receiver.url, ["packet.created"])
+    # stored before creation refused such URLs: urlsplit accepts it, httpx.URL() raises
+    async with unit_of_work(env.sessions) as session:
+        await session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == bad["id"])
+            .values(url=receiver.url + "\x01")
+        )
+    await env.create_packet()
+
+    assert await env.deliverer().run_once(10) == 2
+
+    [delivered] = await env.deliveries(good["id"])
+    assert (delivered["status"], delivered["attempts"]) == ("delivered", 1)
+    [failed] = await env.deliveries(bad["id"])
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert failed["last_error"].startswith("refused: webhook URL is malformed")
+    assert failed["next_retry_at"] is not None
+    [attempt] = await env.attempts(failed["id"])
+    assert attempt["error"] == failed["last_error"]
+    assert len(receiver.snapshot()) == 1
+    # retried by the normal policy, then dead-lettered: never leased again as pending
+    env.clock.advance(1.2)
+    assert await env.deliverer(webhook_max_attempts=2).run_once(10) == 1
+    [dead] = await env.deliveries(bad["id"])
+    assert (dead["status"], dead["attempts"]) == ("dead_letter", 2)
+    env.clock.advance(3600)
+    assert await env.deliverer().run_once(10) == 0
+
+
+async def test_an_exception_outside_httpx_http_error_is_a_failed_attempt(
+    env: Env, receiver: Receiver
+) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.InvalidURL("not an httpx.HTTPError")  # what httpx.URL() raises
+
+    hook = await env.register(receiver.url, ["packet.created"])
+    await env.create_packet()
+    settings = env.settings.model_copy(update={"webhook_max_attempts": 1})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
+        assert await Deliverer(env.sessions, settings, env.clock, http).run_once(10) == 1
+
+    [delivery] = await env.deliveries(hook["id"])
+    assert (delivery["status"], delivery["attempts"]) == ("dead_letter", 1)
+    assert delivery["last_error"].startswith("InvalidURL: ")
+
+
+async def test_a_secret_that_cannot_be_decrypted_is_a_failed_attempt_not_a_crash(
+    env: Env, receiver: Receiver
+) -> None:
+    hook = await env.register(receiver.url, ["packet.created"])
+    async with unit_of_work(env.sessions) as session:
+        await session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == hook["id"])
+            .values(secret_encrypted="not-a-fernet-token")
+        )
+    await env.create_packet()
+
+    assert await env.deliverer().run_once(10) == 1
+
+    assert receiver.snapshot() == []
+    [delivery] = await env.deliveries(hook["id"])
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
+    assert "cannot be decrypted" in delivery["last_error"]
+    assert delivery["next_retry_at"] is not None
 
 
 async def test_rotating_the_secret_signs_later_deliveries_with_the_new_secret(

@@ -122,11 +122,29 @@ def test_localhost_and_metadata_hostnames_are_refused(url: str) -> None:
         "93.184.216.34/hook",
         "http:///nohost",
         "http://93.184.216.34:99999/hook",
+        # urlsplit raises ValueError on these
+        "http://[abc/",
+        "http://[::1",
+        "http://[abc]/hook",
+        "https://ex\u2100ample.com/",
+        # urlsplit accepts these but httpx cannot build a request from them
+        "http://93.184.216.34/hook\u0001",
+        "http://93.184.216.34/h\tok",
+        "http://xn--zz.example/hook",
+        "http://93.184.216.34/" + "a" * 70_000,
     ],
 )
 def test_non_http_schemes_and_malformed_urls_are_refused(url: str) -> None:
     with pytest.raises(egress.EgressRefused):
         egress.check_url_shape(url, allow_private=False)
+
+
+def test_urls_up_to_the_length_cap_are_accepted_and_longer_ones_refused() -> None:
+    base = "http://93.184.216.34/"
+    longest = base + "a" * (egress.MAX_URL_LENGTH - len(base))
+    assert egress.check_url_shape(longest, allow_private=False)[1] == "93.184.216.34"
+    with pytest.raises(egress.EgressRefused, match="longer"):
+        egress.check_url_shape(longest + "a", allow_private=False)
 
 
 @pytest.mark.parametrize(

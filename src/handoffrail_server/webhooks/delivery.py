@@ -114,14 +114,22 @@ class Deliverer:
             )
 
     async def post(self, url: str, secret: str, leased: Leased) -> Outcome:
-        """One signed POST to the address the SSRF guard checked."""
+        """One signed POST to the address the SSRF guard checked; failures are outcomes.
+
+        Anything that goes wrong building or sending this one request (a URL httpx cannot
+        build, a transport bug) is a failed attempt, retried or dead-lettered like any other,
+        so one bad row can never wedge the batch it was leased with."""
         started = time.perf_counter()
         try:
-            address = await egress.pin_address(
-                url, allow_private=self.settings.webhook_allow_private
-            )
+            return await self._post(url, secret, leased, started)
         except egress.EgressRefused as exc:
             return Outcome(False, None, f"refused: {exc}", None, 0)
+        except Exception as exc:  # httpx.HTTPError, httpx.InvalidURL and anything unexpected
+            elapsed = int((time.perf_counter() - started) * 1000)
+            return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:1024], None, elapsed)
+
+    async def _post(self, url: str, secret: str, leased: Leased, started: float) -> Outcome:
+        address = await egress.pin_address(url, allow_private=self.settings.webhook_allow_private)
         target = httpx.URL(url)
         host_header = target.netloc.decode("ascii")
         pinned = target.copy_with(host=str(address))
@@ -136,35 +144,38 @@ class Deliverer:
         )
         headers["Host"] = host_header
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        request = self.http.build_request(
+            "POST", pinned, content=body, headers=headers, extensions=extensions
+        )
+        response = await self.http.send(request, stream=True)
         try:
-            request = self.http.build_request(
-                "POST", pinned, content=body, headers=headers, extensions=extensions
-            )
-            response = await self.http.send(request, stream=True)
-            try:
-                excerpt = bytearray()
-                async for chunk in response.aiter_bytes():
-                    excerpt.extend(chunk[: MAX_EXCERPT - len(excerpt)])
-                    if len(excerpt) >= MAX_EXCERPT:
-                        break
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
-            elapsed = int((time.perf_counter() - started) * 1000)
-            return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:1024], None, elapsed)
+            excerpt = bytearray()
+            async for chunk in response.aiter_bytes():
+                excerpt.extend(chunk[: MAX_EXCERPT - len(excerpt)])
+                if len(excerpt) >= MAX_EXCERPT:
+                    break
+        finally:
+            await response.aclose()
         elapsed = int((time.perf_counter() - started) * 1000)
         ok = 200 <= response.status_code < 300
         error = None if ok else f"HTTP {response.status_code}"
         text = excerpt.decode("utf-8", errors="replace")
         return Outcome(ok, response.status_code, error, text, elapsed)
 
+    async def _attempt(self, leased: Leased) -> tuple[Outcome, bool]:
+        """The outcome of one attempt, and whether a failure may be retried."""
+        try:
+            endpoint = await self._endpoint(leased)
+        except crypto.SecretUnreadable as exc:
+            # HR_SECRET_KEY changed: retried, so restoring the key lets the delivery through
+            return Outcome(False, None, str(exc), None, 0), True
+        if endpoint is None:
+            return Outcome(False, None, "endpoint inactive or deleted", None, 0), False
+        return await self.post(endpoint[0], endpoint[1], leased), True
+
     async def deliver(self, leased: Leased) -> str:
         """Deliver one leased row and record the attempt; returns the new status."""
-        endpoint = await self._endpoint(leased)
-        if endpoint is None:
-            outcome = Outcome(False, None, "endpoint inactive or deleted", None, 0)
-        else:
-            outcome = await self.post(endpoint[0], endpoint[1], leased)
+        outcome, retryable = await self._attempt(leased)
         metrics.WEBHOOK_LATENCY.observe(outcome.duration_ms / 1000)
         now = self.clock.now()
         attempts = leased.attempts + 1
@@ -178,7 +189,7 @@ class Deliverer:
             values.update(status="delivered", delivered_at=now, next_attempt_at=None)
         else:
             retry_at = None
-            if endpoint is not None:
+            if retryable:
                 retry_at = retry.next_attempt(
                     attempts,
                     now,
@@ -221,7 +232,18 @@ class Deliverer:
         """Lease and deliver one batch concurrently; returns how many were attempted."""
         batch = await self.lease(limit)
         if batch:
-            await asyncio.gather(*(self.deliver(leased) for leased in batch))
+            # A delivery that still fails (its database writes) must not abort its neighbours:
+            # its lease expires and a later batch takes it again.
+            results = await asyncio.gather(
+                *(self.deliver(leased) for leased in batch), return_exceptions=True
+            )
+            for leased, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error(
+                        "webhook.delivery_crashed",
+                        delivery_id=str(leased.id),
+                        error=f"{type(result).__name__}: {result}"[:1024],
+                    )
         await self.refresh_gauges()
         return len(batch)
 

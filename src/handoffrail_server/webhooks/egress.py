@@ -11,10 +11,14 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+import httpx
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _BLOCKED_HOSTNAMES = {"localhost", "metadata.google.internal", "metadata", "instance-data"}
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+#: longest URL accepted, here as well as by the API, so rows stored before any cap stay bounded
+MAX_URL_LENGTH = 2048
 
 
 class EgressRefused(ValueError):
@@ -41,8 +45,17 @@ def address_allowed(address: IPAddress, *, allow_private: bool) -> bool:
 
 
 def check_url_shape(url: str, *, allow_private: bool) -> tuple[str, str, int]:
-    """Validate scheme/host/port of `url`; returns (scheme, host, port). No DNS here."""
-    parts = urlsplit(url)
+    """Validate scheme/host/port of `url`; returns (scheme, host, port). No DNS here.
+
+    The URL must also be one httpx can build a request from, so a URL accepted here can never
+    fail later at delivery (control characters, bad IDNA labels, unbalanced IPv6 brackets)."""
+    if len(url) > MAX_URL_LENGTH:
+        raise EgressRefused(f"webhook URL is longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        httpx.URL(url).host  # noqa: B018 -- decoding the host is where bad IDNA labels fail
+    except (ValueError, httpx.InvalidURL):  # IDNA errors are UnicodeError, a ValueError
+        raise EgressRefused("webhook URL is malformed") from None
     if parts.scheme not in {"http", "https"}:
         raise EgressRefused("webhook URL must use http or https")
     if parts.username or parts.password:
