@@ -1,21 +1,21 @@
-"""Schema registry use cases and context validation with `jsonschema` (draft of the `$schema`,
-2020-12 by default). Remote `$ref`s are never fetched."""
+"""Schema registry use cases and context validation (`validation`: jsonschema, draft of the
+`$schema`, 2020-12 by default). Remote `$ref`s are never fetched; regular expressions run in
+bounded time."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.clock import Clock
 from handoffrail_server.db.models import PacketSchema
 from handoffrail_server.errors import Conflict, NotFound, Unprocessable
-from handoffrail_server.schema_registry import repository
+from handoffrail_server.schema_registry import repository, validation
+from handoffrail_server.schema_registry.patterns import BudgetExceeded
 from handoffrail_server.schema_registry.schemas import SchemaCreate, SchemaPage, SchemaRead
 
 
@@ -26,7 +26,8 @@ class SchemaNotFound(NotFound):
 
 
 class InvalidSchema(Unprocessable):
-    """The JSON Schema itself is not valid."""
+    """The JSON Schema itself is not valid, or cannot be used here (unresolvable `$ref`,
+    unsupported regular expression)."""
 
     code = "schema.invalid"
 
@@ -43,6 +44,12 @@ class ContextMismatch(Unprocessable):
     code = "schema.validation_failed"
 
 
+class ValidationTooCostly(Unprocessable):
+    """Matching the schema's regular expressions against this context takes too many steps."""
+
+    code = "schema.validation_too_costly"
+
+
 def to_read(schema: PacketSchema) -> SchemaRead:
     """Wire shape of a schema row."""
     return SchemaRead(
@@ -55,18 +62,16 @@ def to_read(schema: PacketSchema) -> SchemaRead:
     )
 
 
-def _validator_class(json_schema: dict[str, Any]) -> Any:
-    return validator_for(json_schema, default=Draft202012Validator)
-
-
 async def create(
     session: AsyncSession, clock: Clock, tenant_id: str, body: SchemaCreate
 ) -> SchemaRead:
     """Register a schema after checking it is a valid JSON Schema."""
     try:
-        _validator_class(body.json_schema).check_schema(body.json_schema)
+        validation.check(body.json_schema)
     except SchemaError as exc:
         raise InvalidSchema(f"json_schema is not a valid JSON Schema: {exc.message}") from None
+    except validation.SchemaUnusable as exc:
+        raise InvalidSchema(f"json_schema cannot be used: {exc}") from None
     if await repository.by_name_version(session, tenant_id, body.name, body.version):
         raise SchemaExists(f"Schema '{body.name}' version {body.version} already exists")
     row = PacketSchema(
@@ -108,12 +113,19 @@ async def validate_context(
     row = await repository.get(session, tenant_id, schema_id)
     if row is None:
         raise ContextMismatch(f"Schema {schema_id} not found", field="schema_id")
-    validator = _validator_class(row.json_schema)(row.json_schema)
-    error = next(iter(validator.iter_errors(context)), None)
+    label = f"schema '{row.name}' v{row.version}"
+    try:
+        error = validation.first_error(row.json_schema, context)
+    except validation.SchemaUnusable as exc:  # stored before registration refused it
+        raise InvalidSchema(f"{label} cannot be used: {exc}", field="schema_id") from None
+    except BudgetExceeded:
+        raise ValidationTooCostly(
+            f"matching the regular expressions of {label} against this context takes too long",
+            field="context",
+        ) from None
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "(root)"
         raise ContextMismatch(
-            f"context does not match schema '{row.name}' v{row.version} "
-            f"at {where}: {error.message}",
+            f"context does not match {label} at {where}: {error.message}",
             field="context",
         )

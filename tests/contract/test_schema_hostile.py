@@ -1,0 +1,218 @@
+"""Hostile JSON Schemas over HTTP: unresolvable references and catastrophic regular expressions.
+
+A registered schema is used on every create, batch and chain that names it, so what it cannot do
+must be refused at registration (422 `schema.invalid`), and a schema stored before that check
+must answer 422 too, never 500. Regular expressions run within a time budget per validation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from handoffrail_server.db.engine import create_engine, create_sessionmaker
+from handoffrail_server.db.models import PacketSchema
+from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.schema_registry import validation
+from tests.conftest import Api, packet_body
+from tests.contract.helpers import P, assert_problem, create_packet
+
+UNRESOLVABLE: dict[str, dict[str, Any]] = {
+    "remote": {"type": "object", "$ref": "https://example.com/s.json"},
+    "pointer": {"type": "object", "$ref": "#/nope"},
+    "dynamic": {"type": "object", "$dynamicRef": "#meta"},
+    "nested": {"type": "object", "properties": {"summary": {"$ref": "#/$defs/missing"}}},
+    "draft7": {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {"summary": {"$ref": "#/definitions/missing"}},
+    },
+    "relative": {"type": "object", "properties": {"summary": {"$ref": "other.json"}}},
+}
+HOSTILE_PATTERN = {
+    "type": "object",
+    "properties": {"summary": {"type": "string", "pattern": "^(a+)+$"}},
+}
+#: `re` needs about 10 s for this against ^(a+)+$ (doubling with every further "a")
+EVIL_SUMMARY = "a" * 28 + "!"
+#: catastrophic for `re` and for the `regex` module alike: only the time budget ends it
+RUNAWAY = {
+    "type": "object",
+    "properties": {"summary": {"type": "string", "pattern": "^(a|ab|b)*$"}},
+}
+RUNAWAY_SUMMARY = "ab" * 40 + "!"
+
+
+async def register(api: Api, json_schema: dict[str, Any], name: str = "s") -> Any:
+    return await api.client.post(
+        f"{P}/schemas", json={"name": name, "json_schema": json_schema}, headers=api.headers()
+    )
+
+
+async def registered(api: Api, json_schema: dict[str, Any], name: str = "s") -> str:
+    response = await register(api, json_schema, name)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def store_behind_the_api(api: Api, schema_id: str, json_schema: dict[str, Any]) -> None:
+    """Replace a registered schema in the database, as if stored before registration checks."""
+    engine = create_engine(api.url, pool_size=1, max_overflow=0)
+    try:
+        async with unit_of_work(create_sessionmaker(engine)) as session:
+            await session.execute(
+                update(PacketSchema)
+                .where(PacketSchema.id == schema_id)
+                .values(json_schema=json_schema)
+            )
+    finally:
+        await engine.dispose()
+
+
+def with_schema(schema_id: str, summary: str = "Customer wants a refund") -> dict[str, Any]:
+    return {**packet_body(summary), "schema_id": schema_id}
+
+
+@pytest.mark.parametrize("name", sorted(UNRESOLVABLE))
+async def test_schemas_with_unresolvable_references_are_refused_at_registration(
+    api: Api, name: str
+) -> None:
+    response = await register(api, UNRESOLVABLE[name])
+    body = assert_problem(response, 422, "schema.invalid")
+    assert "does not resolve" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "json_schema",
+    [
+        {"type": "object", "$schema": 5},
+        {"type": "object", "$id": "http://[x", "properties": {"summary": {"$id": "y"}}},
+    ],
+    ids=["schema-not-a-string", "malformed-id"],
+)
+async def test_schemas_jsonschema_cannot_load_are_refused_not_500(
+    api: Api, json_schema: dict[str, Any]
+) -> None:
+    assert_problem(await register(api, json_schema), 422, "schema.invalid")
+
+
+async def test_references_inside_the_schema_are_accepted_and_used(api: Api) -> None:
+    schema_id = await registered(
+        api,
+        {
+            "type": "object",
+            "$defs": {"text": {"type": "string", "maxLength": 40}},
+            "properties": {"summary": {"$ref": "#/$defs/text"}},
+        },
+    )
+    await create_packet(api, body=with_schema(schema_id))
+    response = await api.client.post(
+        f"{P}/packets", json=with_schema(schema_id, "x" * 41), headers=api.headers()
+    )
+    assert_problem(response, 422, "schema.validation_failed")
+
+
+@pytest.mark.parametrize(
+    "json_schema",
+    [
+        *(UNRESOLVABLE[name] for name in sorted(UNRESOLVABLE)),
+        {"type": "object", "$ref": "#"},
+        {"type": "object", "$schema": 5},
+        {"type": "object", "$id": "http://[x", "properties": {"summary": {"$id": "y"}}},
+    ],
+    ids=[*sorted(UNRESOLVABLE), "self", "schema-not-a-string", "malformed-id"],
+)
+async def test_a_stored_schema_that_cannot_be_used_is_422_on_create_batch_and_chain(
+    api: Api, json_schema: dict[str, Any]
+) -> None:
+    parent = await create_packet(api)
+    schema_id = await registered(api, {"type": "object"})
+    await store_behind_the_api(api, schema_id, json_schema)
+    body = with_schema(schema_id)
+
+    created = await api.client.post(f"{P}/packets", json=body, headers=api.headers())
+    assert_problem(created, 422, "schema.invalid")
+    chained = await api.client.post(
+        f"{P}/packets/{parent['id']}/chain", json=body, headers=api.headers()
+    )
+    assert_problem(chained, 422, "schema.invalid")
+    batch = await api.client.post(
+        f"{P}/packets/batch", json={"packets": [body]}, headers=api.headers()
+    )
+    assert batch.status_code == 201, batch.text
+    assert batch.json()["created"] == []
+    [error] = batch.json()["errors"]
+    assert error["index"] == 0
+    assert "cannot be used" in error["error"]
+
+
+async def test_a_pattern_catastrophic_for_re_is_answered(api: Api) -> None:
+    schema_id = await registered(api, HOSTILE_PATTERN)
+    response = await api.client.post(
+        f"{P}/packets", json=with_schema(schema_id, EVIL_SUMMARY), headers=api.headers()
+    )
+    assert_problem(response, 422, "schema.validation_failed")
+    await create_packet(api, body=with_schema(schema_id, "a" * 5_000))
+
+
+async def test_a_catastrophic_pattern_property_and_additional_properties_are_answered(
+    api: Api,
+) -> None:
+    custom = {
+        "type": "object",
+        "patternProperties": {"^(a+)+$": {"type": "string"}},
+        "additionalProperties": False,
+    }
+    schema_id = await registered(api, {"type": "object", "properties": {"custom": custom}})
+    body = with_schema(schema_id)
+    body["context"]["custom"] = {EVIL_SUMMARY: "x"}
+    response = await api.client.post(f"{P}/packets", json=body, headers=api.headers())
+    assert_problem(response, 422, "schema.validation_failed")
+
+
+@pytest.mark.parametrize(
+    "json_schema",
+    [
+        {"type": "object", "properties": {"summary": {"pattern": "(unclosed"}}},
+        {"type": "object", "patternProperties": {"[z-a]": {}}},
+        {
+            "type": "object",
+            "patternProperties": {"^x-": {"type": "string"}},
+            "unevaluatedProperties": False,
+        },
+    ],
+    ids=["unclosed-group", "bad-range", "unevaluated"],
+)
+async def test_regular_expressions_that_cannot_be_used_are_refused_at_registration(
+    api: Api, json_schema: dict[str, Any]
+) -> None:
+    assert_problem(await register(api, json_schema), 422, "schema.invalid")
+
+
+async def test_lookahead_and_backreferences_work_as_json_schema_recommends(api: Api) -> None:
+    password_like = {
+        "type": "object",
+        "properties": {"summary": {"type": "string", "pattern": "^(?=.*[A-Z])(?=.*\\d).{8,}$"}},
+    }
+    schema_id = await registered(api, password_like)
+    await create_packet(api, body=with_schema(schema_id, "Refund of 42 EUR"))
+    refused = await api.client.post(
+        f"{P}/packets", json=with_schema(schema_id, "no capitals 42"), headers=api.headers()
+    )
+    assert_problem(refused, 422, "schema.validation_failed")
+
+
+async def test_matching_past_the_time_budget_is_422_too_costly(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema_id = await registered(api, RUNAWAY)
+    monkeypatch.setattr(validation, "VALIDATION_SECONDS", 0.05)
+    response = await api.client.post(
+        f"{P}/packets", json=with_schema(schema_id, RUNAWAY_SUMMARY), headers=api.headers()
+    )
+    body = assert_problem(response, 422, "schema.validation_too_costly")
+    assert body.get("field") == "context"
+    listed = await api.client.get(f"{P}/packets", headers=api.headers())
+    assert listed.json()["total"] == 0
