@@ -342,7 +342,11 @@ def pg_query(dsn: str, sql: str, *args: Any) -> list[Any]:
 
 
 def migrate(database_url: str, environment: str = "staging") -> None:
-    env = clean_env(HR_DATABASE_URL=database_url, HR_ENVIRONMENT=environment)
+    env = clean_env(
+        HR_DATABASE_URL=database_url,
+        HR_ENVIRONMENT=environment,
+        HR_SECRET_KEY=secrets.token_urlsafe(48),  # staging refuses a weak one
+    )
     completed = subprocess.run(
         [str(BIN / "handoffrail"), "migrate", "up"],
         cwd=ROOT,

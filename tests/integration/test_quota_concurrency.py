@@ -187,7 +187,10 @@ async def test_parallel_batches_share_the_quota_packet_by_packet(pg_server: PgSe
         tenant_id, key = await new_tenant(client, pg_server, handoffs_per_day=12)
         batch = {"packets": [packet_body(f"b{index}") for index in range(4)]}
         statuses = await fire(client, [("/api/v1/packets/batch", batch, key)] * 10)
-        assert set(statuses) == {201}
+        # a batch that finds the quota spent when it starts is a whole 429; the others
+        # report the packets past it one by one
+        assert set(statuses) <= {201, 429}
+        assert statuses.count(201) >= 3
     packets, counter, _ = await stored(pg_server.database_url, tenant_id)
     assert (packets, counter) == (12, 12)
 
