@@ -25,7 +25,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
 from handoffrail_server.api.deps import (
     AppState,
@@ -44,6 +44,7 @@ from handoffrail_server.limits.errors import RateLimited
 from handoffrail_server.packets.schemas import HitlRespond, PacketContext, PacketUpdate
 from handoffrail_server.packets.service import PacketService, to_read
 from handoffrail_server.realtime import service as streams
+from handoffrail_server.realtime.slots import SlotResponse, reserve
 
 router = APIRouter(prefix=auth.PATH, include_in_schema=False)
 log = structlog.get_logger(__name__)
@@ -364,37 +365,35 @@ async def events(
     if viewer is None:
         return Response(status_code=401, headers={"Cache-Control": "no-store"})
     tenant_id = viewer.tenant_id
-    if _open_streams[tenant_id] >= MAX_STREAMS_PER_TENANT:
+    slot = reserve(_open_streams, tenant_id, MAX_STREAMS_PER_TENANT)
+    if slot is None:
         return Response(status_code=429, headers={"Retry-After": "30"})
     resume = streams.parse_last_event_id(last_event_id)  # as on /events; odd: start at now
     after_id = newest if resume is None else resume
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
         nonlocal after_id
-        _open_streams[tenant_id] += 1
         checked = time.monotonic()
-        try:
-            yield ServerSentEvent(data=json.dumps({"type": "connected"}), event="connected")
-            while True:
-                async with unit_of_work(state.sessions) as session:
-                    if time.monotonic() - checked > STREAM_RECHECK_SECONDS:
-                        checked = time.monotonic()
-                        if await _viewer(request, state, session) is None:
-                            return  # key revoked or session expired: end the stream
-                    batch = await streams.read_batch(session, tenant_id, after_id, STREAM_BATCH)
-                for event in batch.events:
-                    after_id = event.id
-                    payload = json.dumps(streams.envelope(event))
-                    yield ServerSentEvent(data=payload, id=str(event.id))
-                if batch.held_back:
-                    await asyncio.sleep(streams.HELD_BACK_RETRY_SECONDS)
-                elif len(batch.events) < STREAM_BATCH:
-                    await _wait_for_events(state, tenant_id)
-        finally:
-            _open_streams[tenant_id] -= 1
+        yield ServerSentEvent(data=json.dumps({"type": "connected"}), event="connected")
+        while True:
+            async with unit_of_work(state.sessions) as session:
+                if time.monotonic() - checked > STREAM_RECHECK_SECONDS:
+                    checked = time.monotonic()
+                    if await _viewer(request, state, session) is None:
+                        return  # key revoked or session expired: end the stream
+                batch = await streams.read_batch(session, tenant_id, after_id, STREAM_BATCH)
+            for event in batch.events:
+                after_id = event.id
+                payload = json.dumps(streams.envelope(event))
+                yield ServerSentEvent(data=payload, id=str(event.id))
+            if batch.held_back:
+                await asyncio.sleep(streams.HELD_BACK_RETRY_SECONDS)
+            elif len(batch.events) < STREAM_BATCH:
+                await _wait_for_events(state, tenant_id)
 
-    return EventSourceResponse(
+    return SlotResponse(
         frames(),
+        slot=slot,
         ping=int(state.settings.stream_heartbeat_seconds),
         send_timeout=5.0,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},

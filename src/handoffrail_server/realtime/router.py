@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Receive, Scope, Send
 
 from handoffrail_server.api.deps import AppState, app_state, throttle_auth_failure
 from handoffrail_server.db.uow import unit_of_work
@@ -30,6 +29,7 @@ from handoffrail_server.keys.service import Principal
 from handoffrail_server.limits.errors import RateLimited
 from handoffrail_server.realtime import service
 from handoffrail_server.realtime.service import Subscription
+from handoffrail_server.realtime.slots import SlotResponse, StreamSlot, reserve
 
 router = APIRouter(tags=["realtime"])
 log = structlog.get_logger(__name__)
@@ -56,40 +56,9 @@ async def _authenticate(state: AppState, key: str | None) -> Principal:
         return await keys_service.authenticate(session, key, state.principals)
 
 
-class _Slot:
-    """One of the tenant's stream connections, taken at admission and given back exactly once."""
-
-    def __init__(self, tenant_id: str) -> None:
-        self.tenant_id = tenant_id
-        self._held = True
-        _open[tenant_id] += 1
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            _open[self.tenant_id] -= 1
-
-
-def _reserve(principal: Principal) -> _Slot | None:
-    """Take a slot if the tier allows one more stream; check and take share no `await`."""
-    if _open[principal.tenant_id] >= MAX_CONNECTIONS.get(principal.tier, 1):
-        return None
-    return _Slot(principal.tenant_id)
-
-
-class _SlotResponse(EventSourceResponse):
-    """An SSE response that gives its slot back however it ends, even before `frames()` starts
-    (an async generator that never started runs no `finally`)."""
-
-    def __init__(self, *args: Any, slot: _Slot, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.slot = slot
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.slot.release()
+def _reserve(principal: Principal) -> StreamSlot | None:
+    """Take a slot if the tier allows one more stream."""
+    return reserve(_open, principal.tenant_id, MAX_CONNECTIONS.get(principal.tier, 1))
 
 
 def _channels(subscribe: list[str], agent: str | None, status: str | None) -> Subscription:
@@ -172,7 +141,7 @@ async def sse_events(
         now = datetime.now(UTC).isoformat()
         return ServerSentEvent(data=json.dumps({"type": "ping", "timestamp": now}), event="ping")
 
-    return _SlotResponse(
+    return SlotResponse(
         frames(),
         slot=slot,
         ping=int(state.settings.stream_heartbeat_seconds),
