@@ -2,137 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
-import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from handoffrail_server.api.roles import Role
-from handoffrail_server.clock import Clock, FrozenClock
+from handoffrail_server.clock import FrozenClock
 from handoffrail_server.limits.service import seconds_until_utc_midnight
-from handoffrail_server.main import create_app
 from tests.conftest import (
     REDIS_TEST_URL,
     Api,
-    bootstrap_operator_key,
-    make_settings,
     packet_body,
     require_redis,
 )
 from tests.contract.helpers import P, assert_problem
-
-RATE_HEADERS = (
-    "X-RateLimit-Limit",
-    "X-RateLimit-Remaining",
-    "X-RateLimit-Reset",
-    "X-RateLimit-Tier",
-    "RateLimit-Policy",
-    "RateLimit",
+from tests.contract.limits_support import (
+    KIB,
+    Db,
+    assert_rate_headers,
+    create,
+    metric,
+    noon_today,
+    patch_tenant,
+    serve,
+    usage,
 )
-KIB = 1024
-
-
-@dataclass
-class Db:
-    """A migrated database (each backend) and its operator key."""
-
-    url: str
-    operator_key: str
-
-
-@pytest.fixture
-async def db(migrated_url: str) -> Db:
-    return Db(migrated_url, await asyncio.to_thread(bootstrap_operator_key, migrated_url))
-
-
-@asynccontextmanager
-async def serve(
-    db: Db, *, clock: Clock | None = None, client_ip: str = "127.0.0.1", **overrides: Any
-) -> AsyncIterator[Api]:
-    """One `create_app` instance with its own settings, driven over ASGI from `client_ip`."""
-    app = create_app(make_settings(db.url, **overrides), clock=clock)
-    transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
-    ):
-        yield Api(app=app, url=db.url, operator_key=db.operator_key, client=client)
-
-
-def noon_today() -> FrozenClock:
-    """A clock frozen at 12:00 UTC today: no test straddles midnight by accident."""
-    return FrozenClock(datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0))
-
-
-@pytest.fixture
-async def quota_api(db: Db) -> AsyncIterator[tuple[Api, FrozenClock]]:
-    """Default limits with a frozen clock, for the daily handoff quota."""
-    clock = noon_today()
-    async with serve(db, clock=clock) as api:
-        yield api, clock
-
-
-async def metric(api: Api, name: str, **labels: str) -> float:
-    """Sum of the samples `name{labels}` scraped from /metrics."""
-    response = await api.client.get("/metrics")
-    assert response.status_code == 200
-    total = 0.0
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def assert_rate_headers(response: httpx.Response, *, limit: int | None = None) -> int:
-    """All six rate-limit headers are present and consistent; returns X-RateLimit-Remaining."""
-    for name in RATE_HEADERS:
-        assert name in response.headers, (name, response.status_code, dict(response.headers))
-    shown_limit = int(response.headers["X-RateLimit-Limit"])
-    remaining = int(response.headers["X-RateLimit-Remaining"])
-    reset = int(response.headers["X-RateLimit-Reset"])
-    if limit is not None:
-        assert shown_limit == limit
-    assert 0 <= remaining <= shown_limit
-    policy = re.fullmatch(r'"(minute|hour)";q=(\d+);w=(\d+)', response.headers["RateLimit-Policy"])
-    assert policy, response.headers["RateLimit-Policy"]
-    assert int(policy[2]) == shown_limit
-    window = int(policy[3])
-    assert window == {"minute": 60, "hour": 3600}[policy[1]]
-    assert 0 <= reset <= window
-    current = re.fullmatch(r'"(minute|hour)";r=(\d+);t=(\d+)', response.headers["RateLimit"])
-    assert current, response.headers["RateLimit"]
-    assert (current[1], int(current[2]), int(current[3])) == (policy[1], remaining, reset)
-    return remaining
-
-
-async def create(api: Api, key: str, summary: str = "x", **kwargs: Any) -> httpx.Response:
-    return await api.client.post(
-        f"{P}/packets", json=packet_body(summary, **kwargs), headers=api.headers(key)
-    )
-
-
-async def usage(api: Api, key: str) -> dict[str, Any]:
-    response = await api.client.get(f"{P}/usage", headers=api.headers(key))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def patch_tenant(api: Api, tenant_id: str, **changes: Any) -> None:
-    response = await api.client.patch(
-        f"{P}/tenants/{tenant_id}", json=changes, headers=api.headers()
-    )
-    assert response.status_code == 200, response.text
-
 
 # -- per-key and per-tenant request limits ------------------------------------------------------
 
@@ -474,48 +371,6 @@ async def test_a_third_distinct_agent_on_the_free_tier_is_refused(db: Db) -> Non
         assert elsewhere.json()["total"] == 0, "the registry is per tenant"
 
 
-async def test_body_over_the_tier_packet_size_is_refused_with_the_limit(db: Db) -> None:
-    async with serve(db) as api:
-        _, free = await api.new_tenant_admin(tier="free")
-        _, pro = await api.new_tenant_admin(tier="pro")
-        big = "x" * (65 * KIB)
-        refused = await create(api, free, big)
-        body = assert_problem(refused, 413)
-        assert (body["limit_bytes"], body["tier"]) == (64 * KIB, "free")
-        assert (await create(api, pro, big)).status_code == 201
-        assert (await create(api, pro, "x" * (257 * KIB))).status_code == 413
-        assert (await create(api, free, "x" * (60 * KIB))).status_code == 201
-
-
-async def test_chains_cannot_grow_a_packet_past_the_tier_size(db: Db) -> None:
-    """Each chained packet copies its parent's conversation: the packet as stored, not only
-    the request body, must fit the tier's size."""
-    turn = {"role": "user", "content": "y" * (25 * KIB)}
-
-    def body(summary: str) -> dict[str, Any]:
-        document: dict[str, Any] = packet_body(summary)
-        document["context"]["conversation_state"] = [turn]
-        return document
-
-    async with serve(db) as api:
-        _, free = await api.new_tenant_admin(tier="free")
-        parent = await api.client.post(f"{P}/packets", json=body("p"), headers=api.headers(free))
-        assert parent.status_code == 201, parent.text
-        chain = f"{P}/packets/{parent.json()['id']}/chain"
-        child = await api.client.post(chain, json=body("c1"), headers=api.headers(free))
-        assert child.status_code == 201, child.text  # two turns, ~50 KiB
-        assert len(child.json()["context"]["conversation_state"]) == 2
-        grandchild_chain = f"{P}/packets/{child.json()['id']}/chain"
-        refused = await api.client.post(
-            grandchild_chain, json=body("c2"), headers=api.headers(free)
-        )
-        problem = assert_problem(refused, 413, "request.too_large")  # three turns, ~75 KiB
-        assert (problem["limit_bytes"], problem["tier"]) == (64 * KIB, "free")
-        assert problem["detail"].startswith("Chained packet")
-        listed = await api.client.get(f"{P}/packets", headers=api.headers(free))
-        assert listed.json()["total"] == 2  # nothing written for the refused chain
-
-
 async def test_usage_reports_three_of_five_handoffs(quota_api: tuple[Api, FrozenClock]) -> None:
     api, _ = quota_api
     _, key = await api.new_tenant_admin(tier="free")
@@ -623,18 +478,3 @@ async def test_rate_limit_and_quota_metrics_count_refusals(db: Db) -> None:
             "max_agents": 1,
             "size": 1,
         }
-
-
-async def test_a_tier_may_allow_packets_above_one_mebibyte(db: Db) -> None:
-    """`HR_TIER_QUOTAS` raising a tier's packet size above the default edge cap takes effect."""
-    raised = '{"business": {"max_packet_size": 3145728}}'
-    async with serve(db, tier_quotas=raised) as api:
-        _, business = await api.new_tenant_admin(tier="business")
-        _, pro = await api.new_tenant_admin(tier="pro")
-        big = "x" * (2 * 1024 * KIB)
-        assert (await create(api, business, big)).status_code == 201
-        refused = await create(api, pro, big)
-        body = assert_problem(refused, 413)
-        assert (body["limit_bytes"], body["tier"]) == (256 * KIB, "pro")
-        too_big = await create(api, business, "x" * (3 * 1024 * KIB))
-        assert_problem(too_big, 413)
