@@ -7,6 +7,7 @@ must answer 422 too, never 500. Regular expressions run within a time budget per
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -216,3 +217,54 @@ async def test_matching_past_the_time_budget_is_422_too_costly(
     assert body.get("field") == "context"
     listed = await api.client.get(f"{P}/packets", headers=api.headers())
     assert listed.json()["total"] == 0
+
+
+def nested_any_of(depth: int) -> dict[str, Any]:
+    """No regular expression: each level tries both branches, so a string costs 2^depth checks."""
+    levels = {
+        f"l{n}": {"anyOf": [{"$ref": f"#/$defs/l{n + 1}"}, {"$ref": f"#/$defs/l{n + 1}"}]}
+        for n in range(depth)
+    }
+    levels[f"l{depth}"] = {"type": "number"}
+    return {
+        "type": "object",
+        "$defs": levels,
+        "properties": {"summary": {"$ref": "#/$defs/l0"}},
+    }
+
+
+async def test_a_schema_exponential_without_any_regex_is_422_too_costly(api: Api) -> None:
+    """2^26 keyword checks would hold the event loop for many minutes; the budget ends it."""
+    schema_id = await registered(api, nested_any_of(26))
+    response = await api.client.post(
+        f"{P}/packets", json=with_schema(schema_id), headers=api.headers()
+    )
+    assert_problem(response, 422, "schema.validation_too_costly")
+    shallow = await registered(api, nested_any_of(3), name="shallow")
+    refused = await api.client.post(
+        f"{P}/packets", json=with_schema(shallow), headers=api.headers()
+    )
+    assert_problem(refused, 422, "schema.validation_failed")
+
+
+async def test_a_batch_shares_one_validation_budget(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each packet alone may take VALIDATION_SECONDS; the batch together only the request's."""
+    schema_id = await registered(api, RUNAWAY)
+    monkeypatch.setattr(validation, "VALIDATION_SECONDS", 30.0)
+    monkeypatch.setattr(validation, "REQUEST_VALIDATION_SECONDS", 0.2)
+    runaway = with_schema(schema_id, RUNAWAY_SUMMARY)
+    fine = with_schema(schema_id, "abab")
+    started = time.monotonic()
+    response = await api.client.post(
+        f"{P}/packets/batch", json={"packets": [runaway, runaway, fine]}, headers=api.headers()
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["created"] == []
+    assert [error["index"] for error in body["errors"]] == [0, 1, 2]
+    assert all("too long" in error["error"] for error in body["errors"])
+    # per-packet budgets would have run 30 s for each runaway packet
+    assert elapsed < 10, elapsed

@@ -311,6 +311,16 @@ class PacketService:
             raise BatchTooLarge(f"Batch size exceeds maximum of {self.max_batch}")
         created: list[PacketRead] = []
         errors: list[BatchCreateError] = []
+        with registry.shared_validation_budget():
+            await self._create_each(raw_packets, created, errors)
+        return BatchCreated(created=created, errors=errors)
+
+    async def _create_each(
+        self,
+        raw_packets: list[dict[str, Any]],
+        created: list[PacketRead],
+        errors: list[BatchCreateError],
+    ) -> None:
         for index, raw in enumerate(raw_packets):
             try:
                 body = PacketCreate.model_validate(raw)
@@ -324,7 +334,6 @@ class PacketService:
                 errors.append(BatchCreateError(index=index, error=exc.detail))
             except DomainError as exc:
                 errors.append(BatchCreateError(index=index, error=exc.detail))
-        return BatchCreated(created=created, errors=errors)
 
     async def chain(self, parent_id: uuid.UUID, body: ChainRequest) -> Packet:
         """Create a child packet that inherits the parent's conversation (parent in any state)."""

@@ -23,11 +23,11 @@ class PatternUnsupported(ValueError):
 
 
 class BudgetExceeded(RuntimeError):
-    """Matching needed more time than its validation's budget."""
+    """Validation (its regular expressions included) needed more time than its budget."""
 
 
 class Budget:
-    """A validation's time for regular expressions, spent by each match (monotonic clock)."""
+    """A validation's time, spent by each keyword and each match (monotonic clock)."""
 
     def __init__(self, seconds: float) -> None:
         self.deadline = time.monotonic() + seconds
@@ -36,7 +36,7 @@ class Budget:
         """Seconds left; `BudgetExceeded` when none are."""
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise BudgetExceeded("regular expressions exceeded their time budget")
+            raise BudgetExceeded("validation exceeded its time budget")
         return left
 
 

@@ -5,6 +5,7 @@ bounded time."""
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractContextManager
 from typing import Any
 
 from jsonschema.exceptions import SchemaError
@@ -106,6 +107,11 @@ async def page(session: AsyncSession, tenant_id: str, *, limit: int, offset: int
     )
 
 
+def shared_validation_budget() -> AbstractContextManager[None]:
+    """All context validations inside this block (a batch) share one time budget."""
+    return validation.request_budget()
+
+
 async def validate_context(
     session: AsyncSession, tenant_id: str, schema_id: str, context: dict[str, Any]
 ) -> None:
@@ -120,7 +126,7 @@ async def validate_context(
         raise InvalidSchema(f"{label} cannot be used: {exc}", field="schema_id") from None
     except BudgetExceeded:
         raise ValidationTooCostly(
-            f"matching the regular expressions of {label} against this context takes too long",
+            f"validating this context against {label} takes too long",
             field="context",
         ) from None
     if error is not None:

@@ -3,13 +3,15 @@
 jsonschema on its own fetches any `$ref` it cannot resolve over the network, and matches
 `pattern`s with backtracking `re`. Here nothing is fetched (registration requires every reference
 to resolve inside the schema; validation also finds jsonschema's bundled meta-schemas), and
-regular expressions run on `patterns` (the `regex` module), within one time budget per
-validation.
+regular expressions run on `patterns` (the `regex` module), and every keyword of a validation
+draws on one time budget: a schema whose `anyOf`s nest through `$ref`s costs 2^depth keyword
+checks, and a stalled event loop would stall every tenant of the process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -28,12 +30,15 @@ from handoffrail_server.schema_registry.patterns import (
     search,
 )
 
-#: seconds the regular expressions of one validation may take (the event loop waits meanwhile)
+#: seconds one validation may take (the event loop waits meanwhile)
 VALIDATION_SECONDS = 0.25
+#: seconds all validations of one request may take together (a batch validates many packets)
+REQUEST_VALIDATION_SECONDS = 1.0
 
 #: retrieves nothing: without a registry of its own, jsonschema fetches unknown `$ref` URLs
 _OFFLINE: Registry[Schema] = Registry()
 _BUDGET: ContextVar[Budget | None] = ContextVar("schema_validation_budget", default=None)
+_REQUEST_BUDGET: ContextVar[Budget | None] = ContextVar("schema_request_budget", default=None)
 
 
 class SchemaUnusable(ValueError):
@@ -103,17 +108,55 @@ _KEYWORDS = {
 }
 _BOUNDED: dict[type[Validator], type[Validator]] = {}
 
+_Keyword = Callable[[Any, Any, Any, Mapping[str, Any]], Any]
+
+
+def _timed(check: _Keyword) -> _Keyword:
+    """`check`, first spending from the validation's budget (`BudgetExceeded` when it is gone)."""
+
+    def keyword(validator: Any, value: Any, instance: Any, schema: Mapping[str, Any]) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.remaining()
+        return check(validator, value, instance, schema)
+
+    return keyword
+
 
 def _validator_class(schema: Mapping[str, Any]) -> type[Validator]:
-    """The draft of the schema's `$schema` (2020-12 by default), with bounded regex keywords."""
+    """The draft of the schema's `$schema` (2020-12 by default), with bounded regex keywords
+    and every keyword checking the validation's time budget."""
     if not isinstance(schema.get("$schema", ""), str):
         raise SchemaUnusable("$schema must be a string")  # validator_for would crash on it
     base = validator_for(schema, default=Draft202012Validator)
     bounded = _BOUNDED.get(base)
     if bounded is None:
-        keywords = {name: check for name, check in _KEYWORDS.items() if name in base.VALIDATORS}
-        bounded = _BOUNDED[base] = extend(base, keywords)  # type: ignore[no-untyped-call]
+        keywords = {
+            **base.VALIDATORS,
+            **{k: v for k, v in _KEYWORDS.items() if k in base.VALIDATORS},
+        }
+        timed = {name: _timed(check) for name, check in keywords.items()}
+        bounded = _BOUNDED[base] = extend(base, timed)  # type: ignore[no-untyped-call]
     return bounded
+
+
+@contextmanager
+def request_budget(seconds: float | None = None) -> Iterator[None]:
+    """Within this block, all validations together take at most `seconds`
+    (`REQUEST_VALIDATION_SECONDS` by default), each still at most `VALIDATION_SECONDS`."""
+    token = _REQUEST_BUDGET.set(Budget(REQUEST_VALIDATION_SECONDS if seconds is None else seconds))
+    try:
+        yield
+    finally:
+        _REQUEST_BUDGET.reset(token)
+
+
+def _validation_budget() -> Budget:
+    budget = Budget(VALIDATION_SECONDS)
+    shared = _REQUEST_BUDGET.get()
+    if shared is not None:
+        budget.deadline = min(budget.deadline, shared.deadline)
+    return budget
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -203,11 +246,12 @@ def first_error(schema: dict[str, Any], instance: Any) -> ValidationError | None
     """The first way `instance` fails `schema`, or None.
 
     Raises `SchemaUnusable` for what `check` refuses (schemas stored before it existed), and
-    `BudgetExceeded` when regular expressions need more than `VALIDATION_SECONDS`."""
+    `BudgetExceeded` when it needs more than `VALIDATION_SECONDS` (or than what is left of the
+    request's budget, inside `request_budget`)."""
     validator_class = _validator_class(schema)
     _unbounded_keywords(schema, validator_class)
     validator = validator_class(schema, registry=_OFFLINE)
-    token = _BUDGET.set(Budget(VALIDATION_SECONDS))
+    token = _BUDGET.set(_validation_budget())
     try:
         return next(iter(validator.iter_errors(instance)), None)
     except Unresolvable as exc:  # what jsonschema raises is a subclass
