@@ -221,7 +221,7 @@ async def test_matching_past_the_time_budget_is_422_too_costly(
 
 def nested_any_of(depth: int) -> dict[str, Any]:
     """No regular expression: each level tries both branches, so a string costs 2^depth checks."""
-    levels = {
+    levels: dict[str, Any] = {
         f"l{n}": {"anyOf": [{"$ref": f"#/$defs/l{n + 1}"}, {"$ref": f"#/$defs/l{n + 1}"}]}
         for n in range(depth)
     }

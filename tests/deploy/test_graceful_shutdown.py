@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from tests.conftest import (
     packet_body,
 )
 from tests.deploy.helpers import ROOT, clean_env, tool
-
-START_TIMEOUT = 60.0
+from tests.processes import wait_for
 
 
 @pytest.mark.postgres
@@ -69,15 +67,7 @@ def test_sigterm_during_a_slow_request_lets_it_complete(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     headers = {"X-API-Key": key}
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_for(f"{base}/health", process, log)
         created = httpx.post(f"{base}/api/v1/packets", json=packet_body(), headers=headers)
         assert created.status_code == 201, created.text
         packet_id = created.json()["id"]

@@ -39,8 +39,8 @@ from tests.conftest import (
     require_redis,
 )
 from tests.deploy.helpers import ROOT, clean_env, run, tool
+from tests.processes import START_TIMEOUT, wait_for
 
-START_TIMEOUT = 60.0
 CLI_TIMEOUT = 120.0
 
 
@@ -56,22 +56,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-
-
-def wait_for(
-    url: str, process: subprocess.Popen[bytes], log: Path, verify: ssl.SSLContext | bool = True
-) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{url}: process exited {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2, verify=verify).status_code == 200:
-                return
-        except (httpx.TransportError, ssl.SSLError):
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not answer in {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import free_port, packet_body
 
@@ -179,3 +180,27 @@ async def set_status(client: httpx.AsyncClient, key: str, packet_id: str, status
 def http_client(base_url: str) -> httpx.AsyncClient:
     """An async client for a live server (no read timeout: reads are bounded per frame)."""
     return httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(WAIT, read=None))
+
+
+async def ws_recv(ws: ClientConnection, timeout: float = WAIT) -> dict[str, Any]:
+    """The next WebSocket message that is not a heartbeat, as a dict."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = json.loads(await ws.recv())
+            if message.get("type") != "heartbeat":
+                return dict(message)
+
+
+@asynccontextmanager
+async def open_ws(url: str, key: str) -> AsyncIterator[ClientConnection]:
+    """A WebSocket on `url` authenticated with `key`, past its `connected` greeting."""
+    async with asyncio.timeout(WAIT):
+        ws = await connect(url, additional_headers={"X-API-Key": key})
+    try:
+        hello = await ws_recv(ws)
+        assert hello["type"] == "connected", hello
+        assert hello["connection_id"], hello
+        assert hello["tier"], hello
+        yield ws
+    finally:
+        await ws.close()

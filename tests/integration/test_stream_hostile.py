@@ -5,17 +5,15 @@ per-tier cap. Every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from handoffrail_server.main import create_app
@@ -28,7 +26,9 @@ from tests.integration.stream_helpers import (
     http_client,
     new_tenant_key,
     open_sse,
+    open_ws,
     serve,
+    ws_recv,
 )
 
 #: failed key attempts per minute and client IP in these tests' app
@@ -55,26 +55,6 @@ def live(migrated_url: str) -> Iterator[Live]:
         yield Live(base_url, base_url.replace("http://", "ws://") + "/ws", operator_key)
 
 
-async def _recv(ws: ClientConnection, timeout: float = WAIT) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            message = json.loads(await ws.recv())
-            if message.get("type") != "heartbeat":
-                return dict(message)
-
-
-@asynccontextmanager
-async def _ws(url: str, key: str) -> AsyncIterator[ClientConnection]:
-    async with asyncio.timeout(WAIT):
-        ws = await connect(url, additional_headers={"X-API-Key": key})
-    try:
-        hello = await _recv(ws)
-        assert hello["type"] == "connected", hello
-        yield ws
-    finally:
-        await ws.close()
-
-
 async def _close_of(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     """Connect, expect the server to close before sending anything: (code, reason)."""
     async with asyncio.timeout(WAIT):
@@ -90,7 +70,7 @@ async def _until_ws_connects(url: str, key: str) -> None:
     deadline = time.monotonic() + WAIT
     while True:
         try:
-            async with _ws(url, key):
+            async with open_ws(url, key):
                 return
         except (AssertionError, ConnectionClosed):
             assert time.monotonic() < deadline, "the tenant's stream slot was never released"
@@ -146,9 +126,9 @@ async def test_ws_odd_last_event_id_starts_now_and_frees_its_slot(live: Live, od
         _, key = await new_tenant_key(client, live.operator_key, tier="free")
         before = await create_packet(client, key)
         url = f"{live.ws_url}?{httpx.QueryParams({'last_event_id': odd})}"
-        async with _ws(url, key) as ws:
+        async with open_ws(url, key) as ws:
             after = await create_packet(client, key)
-            event = await _recv(ws)
+            event = await ws_recv(ws)
             assert (event["type"], event["packet_id"]) == ("packet.created", after)
             assert before != after
         await _until_ws_connects(live.ws_url, key)

@@ -12,8 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from handoffrail.sdk import HandoffRailWSClient
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from handoffrail_server.main import create_app
@@ -33,7 +32,9 @@ from tests.integration.stream_helpers import (
     http_client,
     new_tenant_key,
     open_sse,
+    open_ws,
     serve,
+    ws_recv,
 )
 
 
@@ -49,28 +50,6 @@ def live(migrated_url: str) -> Iterator[Live]:
     operator_key = bootstrap_operator_key(migrated_url)
     with serve(create_app(make_settings(migrated_url))) as base_url:
         yield Live(base_url, base_url.replace("http://", "ws://") + "/ws", operator_key)
-
-
-async def _recv(ws: ClientConnection, timeout: float = WAIT) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            message = json.loads(await ws.recv())
-            if message.get("type") != "heartbeat":
-                return dict(message)
-
-
-@asynccontextmanager
-async def _ws(url: str, key: str) -> AsyncIterator[ClientConnection]:
-    async with asyncio.timeout(WAIT):
-        ws = await connect(url, additional_headers={"X-API-Key": key})
-    try:
-        hello = await _recv(ws)
-        assert hello["type"] == "connected", hello
-        assert hello["connection_id"], hello
-        assert hello["tier"], hello
-        yield ws
-    finally:
-        await ws.close()
 
 
 async def _close_code(url: str, headers: dict[str, str] | None = None) -> int | None:
@@ -141,39 +120,39 @@ async def test_ws_without_a_valid_key_is_closed_1008(live: Live, how: str) -> No
 async def test_ws_actions_and_channel_filtering(live: Live) -> None:
     async with http_client(live.base_url) as client:
         _, key = await new_tenant_key(client, live.operator_key)
-        async with _ws(f"{live.ws_url}?api_key={key}", key) as ws:
+        async with open_ws(f"{live.ws_url}?api_key={key}", key) as ws:
             await ws.send(json.dumps({"action": "ping"}))
-            pong = await _recv(ws)
+            pong = await ws_recv(ws)
             assert pong["type"] == "pong"
             assert pong["timestamp"]
             await ws.send("{not json")
-            assert await _recv(ws) == {"type": "error", "message": "Invalid JSON"}
+            assert await ws_recv(ws) == {"type": "error", "message": "Invalid JSON"}
             await ws.send(json.dumps({"action": "dance"}))
-            assert (await _recv(ws))["type"] == "error"
+            assert (await ws_recv(ws))["type"] == "error"
 
             await ws.send(json.dumps({"action": "subscribe", "channel": "agent:ws-x"}))
-            assert await _recv(ws) == {"type": "subscribed", "channel": "agent:ws-x"}
+            assert await ws_recv(ws) == {"type": "subscribed", "channel": "agent:ws-x"}
             await create_packet(client, key, source="other", target="other-2")
             mine = await create_packet(client, key, source="ws-x")
-            event = await _recv(ws)
+            event = await ws_recv(ws)
             assert (event["type"], event["packet_id"]) == ("packet.created", mine)
 
             await ws.send(json.dumps({"action": "unsubscribe", "channel": "agent:ws-x"}))
-            assert await _recv(ws) == {"type": "unsubscribed", "channel": "agent:ws-x"}
+            assert await ws_recv(ws) == {"type": "unsubscribed", "channel": "agent:ws-x"}
             await ws.send(json.dumps({"action": "subscribe", "channel": "status:claimed"}))
-            assert (await _recv(ws))["type"] == "subscribed"
+            assert (await ws_recv(ws))["type"] == "subscribed"
             await create_packet(client, key, source="ws-x")  # no longer subscribed to ws-x
             await claim_packet(client, key, mine)
-            event = await _recv(ws)
+            event = await ws_recv(ws)
             assert (event["type"], event["packet_id"]) == ("packet.claimed", mine)
             with pytest.raises(TimeoutError):
-                await _recv(ws, timeout=1.5)
+                await ws_recv(ws, timeout=1.5)
 
 
 async def test_free_tier_second_connection_is_refused(live: Live) -> None:
     async with http_client(live.base_url) as client:
         _, key = await new_tenant_key(client, live.operator_key, tier="free")
-        async with _ws(live.ws_url, key):
+        async with open_ws(live.ws_url, key):
             assert await _close_code(live.ws_url, {"X-API-Key": key}) == 1008
             response = await client.get("/events", headers={"X-API-Key": key})
             assert response.status_code == 429
@@ -226,13 +205,13 @@ async def test_sigterm_does_not_hang_on_open_streams(
                 await asyncio.sleep(0.2)
             _, key = await new_tenant_key(client, operator_key)
             ws_url = f"ws://127.0.0.1:{port}/ws"
-            async with open_sse(client, key) as reader, _ws(ws_url, key) as ws:
+            async with open_sse(client, key) as reader, open_ws(ws_url, key) as ws:
                 started = time.monotonic()
                 process.send_signal(signal.SIGTERM)
                 with pytest.raises((EOFError, httpx.TransportError)):
                     await reader.next(WAIT)
                 with pytest.raises(ConnectionClosed):
-                    await _recv(ws)
+                    await ws_recv(ws)
                 await asyncio.wait_for(asyncio.to_thread(process.wait), WAIT)
                 elapsed = time.monotonic() - started
     finally:
