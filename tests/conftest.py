@@ -33,6 +33,7 @@ from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.keys import service as keys_service
 from handoffrail_server.main import create_app
 from handoffrail_server.settings import UNPREFIXED, Settings
+from tests.pg_pool import PgPool
 
 PG_ADMIN_DSN = os.environ.get("HR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("HR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -119,11 +120,20 @@ def drop_pg_database(name: str) -> None:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database on each backend (not migrated)."""
+    """An empty database on each backend (not migrated); where the test also uses
+    `migrated_url`, the same database, at the head revision (PostgreSQL: from `pg_pool`)."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
     require_postgres()
+    if "migrated_url" in request.fixturenames:
+        pool: PgPool = request.getfixturevalue("pg_pool")
+        name = pool.take()
+        try:
+            yield _pg_url(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+        finally:
+            pool.give_back(name)
+        return
     name, url = create_pg_database()
     try:
         yield url
@@ -157,6 +167,16 @@ def migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
             drop_pg_database(templates["postgres"])
 
 
+@pytest.fixture(scope="session")
+def pg_pool(migrated_templates: dict[str, str]) -> Iterator[PgPool]:
+    """Migrated PostgreSQL databases, emptied and reused between tests (tests/pg_pool.py)."""
+    pool = PgPool(PG_ADMIN_DSN, _postgres_template(migrated_templates))
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 def _sqlite_template(templates: dict[str, str]) -> str:
     if "sqlite" not in templates:
         path = Path(templates["sqlite_dir"]) / "head.db"
@@ -181,35 +201,12 @@ def copy_sqlite_database(source: str, target: str) -> None:
     copy.close()
 
 
-def recreate_pg_database_from(name: str, template: str) -> None:
-    """Replace the (empty, unused) database `name` with a copy of `template`."""
-
-    async def recreate() -> None:
-        connection = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            # CREATE DATABASE ... TEMPLATE needs the template to have no other sessions
-            await connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                template,
-            )
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        finally:
-            await connection.close()
-
-    asyncio.run(recreate())
-
-
 @pytest.fixture
 def migrated_url(database_url: str, migrated_templates: dict[str, str]) -> str:
     """A database at the head revision, on each backend (a copy of the session's template)."""
     if database_url.startswith("sqlite"):
         copy_sqlite_database(_sqlite_template(migrated_templates), database_url.split(":///", 1)[1])
-    else:
-        name = database_url.rsplit("/", 1)[1]
-        recreate_pg_database_from(name, _postgres_template(migrated_templates))
-    return database_url
+    return database_url  # PostgreSQL: `database_url` took it from `pg_pool`, migrated
 
 
 #: a secret staging and production accept (32+ random-looking characters)
