@@ -6,6 +6,7 @@ that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -32,6 +33,12 @@ class Environment(StrEnum):
     STAGING = "staging"  #: production-like, warns instead of refusing where safe
     PRODUCTION = "production"  #: refuses unsafe settings at start
 
+
+#: `HR_FORWARDED_ALLOW_IPS` for a platform whose edge proxy reaches the app over a private
+#: network (Fly, Render, Railway, Kubernetes, compose): the proxies are trusted, and the client
+#: is the rightmost `X-Forwarded-For` entry that is not one of them (the one the edge appended);
+#: with `*` it would be the leftmost, which any client can write.
+PRIVATE_NETWORKS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7,127.0.0.1,::1"
 
 _ENV_ALIASES = {"dev": "development", "prod": "production", "stage": "staging"}
 
@@ -183,6 +190,21 @@ class Settings(BaseSettings):
             if value not in {"debug", "info", "warning", "error", "critical"}:
                 raise ValueError("must be one of debug, info, warning, error, critical")
         return value
+
+    @field_validator("forwarded_allow_ips", mode="after")
+    @classmethod
+    def _forwarded_allow_ips(cls, value: str) -> str:
+        # Gunicorn refuses what `ipaddress.ip_network` refuses (host bits set included); Uvicorn
+        # under `handoffrail serve` would ignore it silently. Fail at start-up, naming it.
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or network: {exc}") from None
+        return ",".join(entries)
 
     @field_validator("metrics_token", "sentry_dsn", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from handoffrail_server.cli.app import app as cli_app
 from handoffrail_server.db import migrations
 from handoffrail_server.main import create_app
-from handoffrail_server.settings import Settings
+from handoffrail_server.settings import PRIVATE_NETWORKS, Settings
 from handoffrail_server.worker.jobs import JOBS
 from tests.conftest import make_settings
 from tests.deploy.helpers import ROOT, prod_config, run, tool, write_broken
@@ -246,6 +246,38 @@ def test_env_vars_are_settings_fields(tmp_path: Path) -> None:
     ]
     assert unknown_settings(compose_names) == []
     assert unknown_settings([("typo", "HR_DATABASE_URI")]) == [("typo", "HR_DATABASE_URI")]
+
+
+def forwarded_allow_ips(tmp_path: Path) -> dict[str, str]:
+    """Where each platform file sets HR_FORWARDED_ALLOW_IPS, its value."""
+    found: dict[str, str] = {}
+    render = yaml.safe_load((ROOT / "render.yaml").read_text())
+    for owner in [*render["envVarGroups"], *render["services"]]:
+        for var in owner.get("envVars", []):
+            if var.get("key") == "HR_FORWARDED_ALLOW_IPS":
+                found[f"render:{owner['name']}"] = var["value"]
+    fly = tomllib.loads((ROOT / "fly.toml").read_text())
+    found["fly.toml"] = fly["env"].get("HR_FORWARDED_ALLOW_IPS", "")
+    for doc in k8s_documents():
+        if doc["kind"] == "ConfigMap" and "HR_FORWARDED_ALLOW_IPS" in doc["data"]:
+            found[f"k8s:{doc['metadata']['name']}"] = doc["data"]["HR_FORWARDED_ALLOW_IPS"]
+    for example in sorted((ROOT / "deploy/env").glob("*.env.example")):
+        for line in example.read_text().splitlines():
+            if line.startswith("HR_FORWARDED_ALLOW_IPS="):
+                found[example.name] = line.split("=", 1)[1]
+    api = prod_config(tmp_path)["services"]["api"]["environment"]
+    found["compose.prod.yaml"] = api.get("HR_FORWARDED_ALLOW_IPS", "")
+    return found
+
+
+def test_platforms_trust_forwarded_headers_from_private_networks_only(tmp_path: Path) -> None:
+    """With `*` the client IP would be the leftmost X-Forwarded-For entry, which any client
+    writes (the per-IP failed-key throttle could be dodged); tests/integration/test_cli.py
+    shows the private networks make it the entry the platform's proxy appended."""
+    found = forwarded_allow_ips(tmp_path)
+    assert {"fly.toml", "compose.prod.yaml", "k8s:handoffrail-config"} <= set(found), found
+    assert any(where.startswith("render:") for where in found), found
+    assert {where: value for where, value in found.items() if value != PRIVATE_NETWORKS} == {}
 
 
 def test_development_env_example_loads_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:

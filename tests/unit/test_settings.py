@@ -191,6 +191,22 @@ def test_malformed_cors_json_is_refused_naming_the_variable(
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (" 127.0.0.1 , 10.0.0.0/8 ,, ::1", "127.0.0.1,10.0.0.0/8,::1"),
+        ("*", "*"),
+        ("", ""),
+    ],
+)
+def test_forwarded_allow_ips_are_addresses_or_networks(
+    monkeypatch: pytest.MonkeyPatch, given: str, expected: str
+) -> None:
+    monkeypatch.setenv("HR_FORWARDED_ALLOW_IPS", given)
+
+    assert load_settings().forwarded_allow_ips == expected
+
+
 def test_bootstrap_key_of_generated_shape_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HR_BOOTSTRAP_API_KEY", f"  {VALID_KEY}\n")
 
@@ -243,6 +259,9 @@ def test_bootstrap_key_of_wrong_shape_is_refused_naming_the_variable(
         ("HR_PACKET_TTL_SECONDS", "5"),
         ("HR_GC_THRESHOLD", "-1"),
         ("HR_GC_THRESHOLD", "1000001"),
+        ("HR_FORWARDED_ALLOW_IPS", "10.0.0.1/8"),
+        ("HR_FORWARDED_ALLOW_IPS", "proxy.internal"),
+        ("HR_FORWARDED_ALLOW_IPS", "127.0.0.1,*x"),
     ],
 )
 def test_invalid_value_raises_settings_error_naming_the_variable(
