@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -173,6 +175,7 @@ def test_allow_private_accepts_loopback_urls_but_not_multicast() -> None:
 # -- DNS (faked) -------------------------------------------------------------------------------
 
 FAKE_DNS: dict[str, list[str]] = {
+    "slow.example": ["10.1.2.3"],  # answers only after 30 s
     "public.example": ["93.184.216.34"],
     "dual.example": ["93.184.216.34", "2606:4700::1111"],
     "internal.example": ["10.1.2.3"],
@@ -181,12 +184,18 @@ FAKE_DNS: dict[str, list[str]] = {
 }
 
 
+#: "slow.example" is answered when this is set (or after 30 s)
+SLOW_ANSWER = threading.Event()
+
+
 @pytest.fixture(autouse=True)
 def fake_dns(monkeypatch: pytest.MonkeyPatch) -> None:
     """Resolve only FAKE_DNS names; everything else is NXDOMAIN (no real resolver used)."""
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
         name = host.decode() if isinstance(host, bytes) else str(host)
+        if name == "slow.example":
+            SLOW_ANSWER.wait(30)
         if name not in FAKE_DNS:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         infos = []
@@ -217,6 +226,24 @@ async def test_creation_accepts_public_and_unresolvable_hostnames() -> None:
 async def test_creation_refuses_hostnames_resolving_to_private_addresses(host: str) -> None:
     with pytest.raises(egress.EgressRefused, match="resolves"):
         await egress.check_at_creation(f"https://{host}/hook", allow_private=False)
+
+
+async def test_a_lookup_past_its_time_counts_as_not_resolving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create must not hold its database connection for the resolver's retries; a delivery
+    to such a host is a failed attempt, as for a name that does not resolve."""
+    monkeypatch.setattr(egress, "RESOLVE_SECONDS", 0.2)
+    SLOW_ANSWER.clear()
+    started = time.monotonic()
+    try:
+        assert await egress.resolve("slow.example", 443) == []
+        await egress.check_at_creation("https://slow.example/hook", allow_private=False)
+        with pytest.raises(egress.EgressRefused, match="does not resolve"):
+            await egress.pin_address("https://slow.example/hook", allow_private=False)
+        assert time.monotonic() - started < 10
+    finally:
+        SLOW_ANSWER.set()  # the resolver threads still waiting end now, not in 30 s
 
 
 async def test_pin_address_refuses_a_hostname_that_does_not_resolve() -> None:

@@ -19,6 +19,9 @@ _BLOCKED_HOSTNAMES = {"localhost", "metadata.google.internal", "metadata", "inst
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 #: longest URL accepted, here as well as by the API, so rows stored before any cap stay bounded
 MAX_URL_LENGTH = 2048
+#: seconds a lookup may take; past it the host counts as not resolving (the system resolver
+#: can take 5 s per attempt and server, while a webhook create holds its database connection)
+RESOLVE_SECONDS = 5.0
 
 
 class EgressRefused(ValueError):
@@ -88,8 +91,9 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
         return [literal]
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, OSError):
+        async with asyncio.timeout(RESOLVE_SECONDS):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError, TimeoutError):
         return []
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
