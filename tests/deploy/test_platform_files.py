@@ -383,3 +383,19 @@ def test_yamllint_rejects_a_broken_copy(tmp_path: Path) -> None:
     config = str(ROOT / ".yamllint.yaml")
     result = run(tool("yamllint"), "--strict", "-c", config, str(broken))
     assert result.returncode != 0
+
+
+def test_the_workers_own_counters_are_served_where_prometheus_can_reach_them(
+    tmp_path: Path,
+) -> None:
+    """Deliveries and job runs are counted in the worker's process only (README, Webhooks)."""
+    worker = prod_config(tmp_path)["services"]["worker"]
+    port = worker["environment"]["HR_WORKER_METRICS_PORT"]
+    assert worker["environment"]["HR_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert port in [str(exposed) for exposed in worker["expose"]]
+    [(_, spec)] = [(name, spec) for name, spec in pod_specs() if name == "handoffrail-worker"]
+    [container] = spec["containers"]
+    env = {var["name"]: var.get("value") for var in container.get("env", [])}
+    assert env["HR_WORKER_METRICS_HOST"] == "0.0.0.0"
+    ports = {entry["name"]: entry["containerPort"] for entry in container.get("ports", [])}
+    assert str(ports["metrics"]) == env["HR_WORKER_METRICS_PORT"]
