@@ -29,6 +29,8 @@ from tests.deploy.helpers import ROOT, prod_config, run, tool, write_broken
 ENTRYPOINT = "/app/deploy/entrypoint.sh"
 # HR_* variables read by the entrypoint and gunicorn.conf.py rather than by Settings.
 NON_SETTINGS_VARS = {"HR_SKIP_MIGRATIONS", "HR_BIND_HOST"}
+#: a container's exporter must listen beyond its own loopback for Prometheus to scrape it
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 CADDY_VARS = {"HR_SITE_ADDRESS", "HR_UPSTREAM"}
 K8S_FILES = sorted((ROOT / "deploy/k8s").glob("*.yaml"))
 YAML_FILES = ["compose.yaml", "compose.prod.yaml", "render.yaml", ".yamllint.yaml", "deploy/k8s"]
@@ -391,11 +393,11 @@ def test_the_workers_own_counters_are_served_where_prometheus_can_reach_them(
     """Deliveries and job runs are counted in the worker's process only (README, Webhooks)."""
     worker = prod_config(tmp_path)["services"]["worker"]
     port = worker["environment"]["HR_WORKER_METRICS_PORT"]
-    assert worker["environment"]["HR_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert worker["environment"]["HR_WORKER_METRICS_HOST"] == ALL_INTERFACES
     assert port in [str(exposed) for exposed in worker["expose"]]
     [(_, spec)] = [(name, spec) for name, spec in pod_specs() if name == "handoffrail-worker"]
     [container] = spec["containers"]
     env = {var["name"]: var.get("value") for var in container.get("env", [])}
-    assert env["HR_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert env["HR_WORKER_METRICS_HOST"] == ALL_INTERFACES
     ports = {entry["name"]: entry["containerPort"] for entry in container.get("ports", [])}
     assert str(ports["metrics"]) == env["HR_WORKER_METRICS_PORT"]
