@@ -312,28 +312,20 @@ class PacketService:
         created: list[PacketRead] = []
         errors: list[BatchCreateError] = []
         with registry.shared_validation_budget():
-            await self._create_each(raw_packets, created, errors)
+            for index, raw in enumerate(raw_packets):
+                try:
+                    body = PacketCreate.model_validate(raw)
+                    async with self.session.begin_nested():
+                        created.append(to_read(await self.create(body)))
+                except ValidationError as exc:
+                    errors.append(BatchCreateError(index=index, error=validation_summary(exc)))
+                except DailyHandoffQuotaExceeded as exc:
+                    if not created:
+                        raise
+                    errors.append(BatchCreateError(index=index, error=exc.detail))
+                except DomainError as exc:
+                    errors.append(BatchCreateError(index=index, error=exc.detail))
         return BatchCreated(created=created, errors=errors)
-
-    async def _create_each(
-        self,
-        raw_packets: list[dict[str, Any]],
-        created: list[PacketRead],
-        errors: list[BatchCreateError],
-    ) -> None:
-        for index, raw in enumerate(raw_packets):
-            try:
-                body = PacketCreate.model_validate(raw)
-                async with self.session.begin_nested():
-                    created.append(to_read(await self.create(body)))
-            except ValidationError as exc:
-                errors.append(BatchCreateError(index=index, error=validation_summary(exc)))
-            except DailyHandoffQuotaExceeded as exc:
-                if not created:
-                    raise
-                errors.append(BatchCreateError(index=index, error=exc.detail))
-            except DomainError as exc:
-                errors.append(BatchCreateError(index=index, error=exc.detail))
 
     async def chain(self, parent_id: uuid.UUID, body: ChainRequest) -> Packet:
         """Create a child packet that inherits the parent's conversation (parent in any state)."""
