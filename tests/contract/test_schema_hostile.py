@@ -7,6 +7,7 @@ must answer 422 too, never 500. Regular expressions run within a time budget per
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -268,3 +269,19 @@ async def test_a_batch_shares_one_validation_budget(
     assert all("too long" in error["error"] for error in body["errors"])
     # per-packet budgets would have run 30 s for each runaway packet
     assert elapsed < 10, elapsed
+
+
+@pytest.mark.parametrize(("divisor", "status"), [(0.5, 201), (0.3, 422)])
+async def test_numbers_past_the_float_range_against_multiple_of_are_answered_not_500(
+    api: Api, divisor: float, status: int
+) -> None:
+    """10**400 is a multiple of 0.5 and not of the binary 0.3 (jsonschema raised OverflowError)."""
+    custom = {"type": "object", "properties": {"n": {"multipleOf": divisor}}}
+    schema_id = await registered(api, {"type": "object", "properties": {"custom": custom}})
+    body = with_schema(schema_id)
+    body["context"]["custom"] = {"n": "NUMBER"}
+    raw = json.dumps(body).replace('"NUMBER"', "1" + "0" * 400)  # json.dumps cannot write it
+    response = await api.client.post(
+        f"{P}/packets", content=raw, headers={**api.headers(), "content-type": "application/json"}
+    )
+    assert response.status_code == status, response.text

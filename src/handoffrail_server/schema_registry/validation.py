@@ -14,6 +14,7 @@ import reprlib
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from fractions import Fraction
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -141,6 +142,22 @@ def _unique_items(
         raise BudgetExceeded("items nested too deeply to compare") from None
 
 
+def _overflow_safe(check: _Keyword) -> _Keyword:
+    """jsonschema's `multipleOf` with a float divisor divides in floating point: an integer
+    past ~1e308 raised OverflowError (a 500). Such a number is checked exactly instead."""
+
+    def multiple_of(
+        validator: Any, divisor: Any, instance: Any, schema: Mapping[str, Any]
+    ) -> Iterator[ValidationError]:
+        try:
+            yield from check(validator, divisor, instance, schema)
+        except OverflowError:
+            if Fraction(instance) % Fraction(divisor):
+                yield ValidationError(f"{reprlib.repr(instance)} is not a multiple of {divisor}")
+
+    return multiple_of
+
+
 _KEYWORDS = {
     "pattern": _pattern,
     "patternProperties": _pattern_properties,
@@ -176,6 +193,9 @@ def _validator_class(schema: Mapping[str, Any]) -> type[Validator]:
             **base.VALIDATORS,
             **{k: v for k, v in _KEYWORDS.items() if k in base.VALIDATORS},
         }
+        for name in ("multipleOf", "divisibleBy"):  # divisibleBy: draft 3's name
+            if name in keywords:
+                keywords[name] = _overflow_safe(keywords[name])
         timed = {name: _timed(check) for name, check in keywords.items()}
         bounded = _BOUNDED[base] = extend(base, timed)  # type: ignore[no-untyped-call]
     return bounded

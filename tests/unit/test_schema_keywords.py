@@ -1,4 +1,5 @@
-"""`uniqueItems` in linear time agrees with jsonschema's own definition of equal items."""
+"""Keywords replaced for bounded time and total behaviour: uniqueItems (linear time, same
+equality as jsonschema) and multipleOf (exact past the float range)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,26 @@ def test_thousands_of_objects_are_compared_by_hash_not_in_pairs() -> None:
 
 def test_unique_items_false_allows_duplicates() -> None:
     assert validation.first_error({"type": "array", "uniqueItems": False}, [1, 1]) is None
+
+
+@pytest.mark.parametrize(
+    ("divisor", "instance", "multiple"),
+    [
+        (0.5, 10**400, True),
+        (0.3, 10**400 + 1, False),
+        (0.25, 10**400 + 2, True),
+        (0.125, 10**400 + 3, True),
+        (0.5, 3, True),
+        (0.5, 2.25, False),
+    ],
+    ids=["huge-half", "huge-point-three", "huge-quarter", "huge-eighth", "small", "small-float"],
+)
+@pytest.mark.parametrize("keyword", ["multipleOf", "divisibleBy"])
+def test_multiple_of_a_float_checks_integers_past_float_range_exactly(
+    keyword: str, divisor: float, instance: float, multiple: bool
+) -> None:
+    """jsonschema divides in floating point: past ~1e308 it raised OverflowError (a 500)."""
+    schema: dict[str, Any] = {keyword: divisor}
+    if keyword == "divisibleBy":
+        schema["$schema"] = "http://json-schema.org/draft-03/schema#"
+    assert (validation.first_error(schema, instance) is None) is multiple
