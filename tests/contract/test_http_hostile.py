@@ -460,3 +460,25 @@ async def test_tags_and_agent_ids_of_the_column_width_are_stored_whole(api: Api)
     found = await api.client.get(f"{P}/packets", params={"tags": "w" * 256}, headers=api.headers())
     assert [packet["id"] for packet in found.json()["packets"]] == [created.json()["id"]]
     assert found.json()["packets"][0]["metadata"]["source_agent"]["id"] == "s" * 256
+
+
+async def test_integers_beyond_64_bits_survive_create_chain_patch_and_reads(api: Api) -> None:
+    """orjson refuses integers past 64 bits: the size check of a chain (the parent's
+    conversation included) answered 500 on them."""
+    huge = "1" + "0" * 400
+    body = packet_body()
+    body["context"] = {"summary": "s", "conversation_state": [{"role": "user", "content": "c"}]}
+    marker = '"conversation_state": ['
+    raw = json.dumps(body).replace(marker, f'"custom": {{"v": {huge}}}, {marker}', 1).encode()
+    headers = {**api.headers(), "Content-Type": "application/json"}
+    created = await api.client.post(f"{P}/packets", content=raw, headers=headers)
+    assert created.status_code == 201, created.text
+    packet_id = created.json()["id"]
+    chained = await api.client.post(f"{P}/packets/{packet_id}/chain", content=raw, headers=headers)
+    assert chained.status_code == 201, chained.text
+    patched = await api.client.patch(f"{P}/packets/{packet_id}", content=raw, headers=headers)
+    assert patched.status_code == 200, patched.text
+    for path in (f"{P}/packets/{packet_id}", f"{P}/packets/{chained.json()['id']}"):
+        read = await api.client.get(path, headers=api.headers())
+        assert read.status_code == 200, read.text
+        assert json.loads(read.text)["context"]["custom"]["v"] == 10**400

@@ -285,6 +285,14 @@ def dump_json(value: Any) -> str:
         return json.dumps(value)
 
 
+def json_size(value: Any) -> int:
+    """Bytes of `value` as compact UTF-8 JSON (orjson; `json` for integers beyond 64 bits)."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:  # orjson.JSONEncodeError
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
 def _arguments(model: type[Base], row: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
     json_columns = _json_columns(model)
     return [dump_json(row[key]) if key in json_columns else row[key] for key in keys]

@@ -10,11 +10,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.clock import Clock
+from handoffrail_server.db.fast import json_size
 from handoffrail_server.db.models import Packet
 from handoffrail_server.db.rows import transient
 from handoffrail_server.errors import DomainError
@@ -206,7 +206,7 @@ class PacketService:
         the tier's packet size holds for the packet as stored, or chains would grow past it."""
         if self.limits is None:
             return
-        size, limit = len(orjson.dumps(document)), self.limits.quotas.max_packet_size
+        size, limit = json_size(document), self.limits.quotas.max_packet_size
         if size > limit:
             metrics.QUOTA_REJECTIONS.labels(self.limits.tier, "max_packet_size").inc()
             what = "Chained packet (with the parent's conversation)"
