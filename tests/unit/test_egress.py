@@ -134,11 +134,38 @@ def test_localhost_and_metadata_hostnames_are_refused(url: str) -> None:
         "http://93.184.216.34/h\tok",
         "http://xn--zz.example/hook",
         "http://93.184.216.34/" + "a" * 70_000,
+        # host names no resolver would ever answer for
+        "https://a..b/hook",
+        "https://exa mple.com/",
+        "https://%00.com/",
+        "https://.com/",
+        "https://-bad.example.com/",
+        "https://bad-.example.com/",
+        "https://" + "a" * 64 + ".example.com/",
+        "https://" + "a." * 127 + "com/",
+        # port 0
+        "https://example.com:0/hook",
     ],
 )
 def test_non_http_schemes_and_malformed_urls_are_refused(url: str) -> None:
     with pytest.raises(egress.EgressRefused):
         egress.check_url_shape(url, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/hook",
+        "https://example.com./hook",
+        "https://hooks.example-site.co.uk:8443/hook",
+        "https://例え.jp/hook",
+        "https://my_service.example.com/hook",
+        "https://" + "a" * 63 + ".example.com/",
+        "https://xn--r8jz45g.jp/hook",
+    ],
+)
+def test_well_formed_host_names_pass_the_shape_check(url: str) -> None:
+    egress.check_url_shape(url, allow_private=False)
 
 
 def test_urls_up_to_the_length_cap_are_accepted_and_longer_ones_refused() -> None:

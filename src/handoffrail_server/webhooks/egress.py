@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -22,6 +23,17 @@ MAX_URL_LENGTH = 2048
 #: seconds a lookup may take; past it the host counts as not resolving (the system resolver
 #: can take 5 s per attempt and server, while a webhook create holds its database connection)
 RESOLVE_SECONDS = 5.0
+
+
+#: one DNS label as sent on the wire (IDNA names arrive as `xn--` labels); `_` is tolerated,
+#: as resolvers and httpx do
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def _valid_hostname(ascii_host: str) -> bool:
+    """A name of 1..253 characters of well-formed labels (the trailing root dot excepted)."""
+    name = ascii_host[:-1] if ascii_host.endswith(".") else ascii_host
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
 
 
 class EgressRefused(ValueError):
@@ -56,7 +68,9 @@ def check_url_shape(url: str, *, allow_private: bool) -> tuple[str, str, int]:
         raise EgressRefused(f"webhook URL is longer than {MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(url)
-        httpx.URL(url).host  # noqa: B018 -- decoding the host is where bad IDNA labels fail
+        built = httpx.URL(url)
+        built.host  # noqa: B018 -- decoding the host is where bad IDNA labels fail
+        raw_host = built.raw_host  # the host as sent: IDNA names as `xn--` labels
     except (ValueError, httpx.InvalidURL):  # IDNA errors are UnicodeError, a ValueError
         raise EgressRefused("webhook URL is malformed") from None
     if parts.scheme not in {"http", "https"}:
@@ -67,14 +81,18 @@ def check_url_shape(url: str, *, allow_private: bool) -> tuple[str, str, int]:
     if not host:
         raise EgressRefused("webhook URL needs a host")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise EgressRefused("webhook URL has an invalid port") from None
+    if not 0 < port < 65536:
+        raise EgressRefused("webhook URL has an invalid port")
     if not allow_private and (host in _BLOCKED_HOSTNAMES or host.endswith(".localhost")):
         raise EgressRefused(f"webhook host {host!r} is not allowed")
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
+        if not _valid_hostname(raw_host.decode("ascii", "replace").lower()):
+            raise EgressRefused("webhook URL's host is not a valid host name") from None
         return parts.scheme, host, port
     if not address_allowed(literal, allow_private=allow_private):
         raise EgressRefused("webhook URL points at a private or reserved address")
