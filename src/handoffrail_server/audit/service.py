@@ -110,6 +110,17 @@ def _record(row: AuditRow) -> dict[str, Any]:
     }
 
 
+#: a spreadsheet reads a cell starting with one of these as a formula (OWASP: CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """`value` for a CSV cell, a leading `'` keeping client-chosen text from being a formula."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 async def export_lines(
     sessions: async_sessionmaker[AsyncSession],
     tenant_id: str,
@@ -128,7 +139,7 @@ async def export_lines(
             if export_format == "csv":
                 buffer = io.StringIO()
                 record["details"] = json.dumps(record["details"], separators=(",", ":"))
-                csv.writer(buffer).writerow([record[name] for name in CSV_FIELDS])
+                csv.writer(buffer).writerow([csv_cell(record[name]) for name in CSV_FIELDS])
                 yield buffer.getvalue()
             else:
                 yield json.dumps(record, separators=(",", ":")) + "\n"
