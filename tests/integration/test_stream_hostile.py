@@ -245,3 +245,49 @@ async def test_sse_slot_is_released_when_the_stream_never_starts(
         assert (await client.get("/events", headers={"X-API-Key": key})).status_code == 500
         monkeypatch.undo()
         await _until_sse_connects(live.base_url, key)
+
+
+# -- odd WebSocket frames get an error message; the connection stays usable ---------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"\x00\x01binary", "Binary frames are not supported"),
+        ("[" * 100_000 + "]" * 100_000, "Invalid JSON"),
+        ('{"action": "ping", "n": ' + "9" * 5000 + "}", "Invalid JSON"),
+    ],
+    ids=["binary-frame", "deep-nesting", "5000-digit-number"],
+)
+async def test_ws_odd_frames_are_answered_and_the_connection_stays_usable(
+    live: Live, frame: str | bytes, error: str
+) -> None:
+    async with http_client(live.base_url) as client:
+        _, key = await new_tenant_key(client, live.operator_key)
+    async with open_ws(live.ws_url, key) as ws:
+        await ws.send(frame)
+        assert await ws_recv(ws) == {"type": "error", "message": error}
+        await ws.send('{"action": "ping"}')
+        assert (await ws_recv(ws))["type"] == "pong"
+
+
+async def test_ws_subscriptions_per_connection_are_capped(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(realtime_router, "MAX_CHANNELS", 3)
+    async with http_client(live.base_url) as client:
+        _, key = await new_tenant_key(client, live.operator_key)
+    async with open_ws(live.ws_url, key) as ws:
+        for n in range(3):
+            await ws.send(f'{{"action": "subscribe", "channel": "agent:{n}"}}')
+            assert (await ws_recv(ws))["type"] == "subscribed"
+        await ws.send('{"action": "subscribe", "channel": "agent:3"}')
+        refused = await ws_recv(ws)
+        assert refused["type"] == "error"
+        assert "at most 3" in refused["message"]
+        await ws.send('{"action": "subscribe", "channel": "agent:1"}')  # already held: fine
+        assert (await ws_recv(ws))["type"] == "subscribed"
+        await ws.send('{"action": "unsubscribe", "channel": "agent:0"}')
+        assert (await ws_recv(ws))["type"] == "unsubscribed"
+        await ws.send('{"action": "subscribe", "channel": "agent:3"}')
+        assert (await ws_recv(ws))["type"] == "subscribed"

@@ -39,6 +39,8 @@ MAX_CONNECTIONS = {"free": 1, "pro": 5, "business": 25}
 HEARTBEAT_SECONDS = 30.0
 SEND_TIMEOUT_SECONDS = 5.0
 BATCH = 200
+#: channels one WebSocket may subscribe to (each kept in memory for the connection's life)
+MAX_CHANNELS = 256
 
 _open: dict[str, int] = defaultdict(int)
 
@@ -153,10 +155,18 @@ async def sse_events(
 
 async def _ws_reader(websocket: WebSocket, subscription: Subscription) -> None:
     while True:
-        raw = await websocket.receive_text()
+        received = await websocket.receive()
+        if received["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(received.get("code", 1000), received.get("reason"))
+        raw = received.get("text")
+        if raw is None:  # a binary frame: the protocol is JSON text
+            await websocket.send_json(
+                {"type": "error", "message": "Binary frames are not supported"}
+            )
+            continue
         try:
             message = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError; > 4,300 digits; deep nesting
             await websocket.send_json({"type": "error", "message": "Invalid JSON"})
             continue
         action = message.get("action") if isinstance(message, dict) else None
@@ -165,6 +175,13 @@ async def _ws_reader(websocket: WebSocket, subscription: Subscription) -> None:
             await websocket.send_json({"type": "pong", "timestamp": datetime.now(UTC).isoformat()})
         elif action in {"subscribe", "unsubscribe"} and isinstance(channel, str) and channel:
             if action == "subscribe":
+                if (
+                    len(subscription.channels) >= MAX_CHANNELS
+                    and channel[:300] not in subscription.channels
+                ):
+                    message = f"Too many subscriptions (at most {MAX_CHANNELS} per connection)"
+                    await websocket.send_json({"type": "error", "message": message})
+                    continue
                 subscription.channels.add(channel[:300])
             else:
                 subscription.channels.discard(channel[:300])
@@ -244,6 +261,8 @@ async def websocket_events(websocket: WebSocket) -> None:
                     await websocket.close(code=1008, reason="client too slow")
             elif error is not None and not isinstance(error, WebSocketDisconnect):
                 log.warning("stream.websocket_failed", error=type(error).__name__)
+                with contextlib.suppress(Exception):
+                    await websocket.close(code=1011, reason="internal error")
     except WebSocketDisconnect:
         pass  # gone before `connected` was sent
     finally:
