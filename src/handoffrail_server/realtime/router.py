@@ -179,8 +179,8 @@ async def _ws_reader(websocket: WebSocket, subscription: Subscription) -> None:
                     len(subscription.channels) >= MAX_CHANNELS
                     and channel[:300] not in subscription.channels
                 ):
-                    message = f"Too many subscriptions (at most {MAX_CHANNELS} per connection)"
-                    await websocket.send_json({"type": "error", "message": message})
+                    refusal = f"Too many subscriptions (at most {MAX_CHANNELS} per connection)"
+                    await websocket.send_json({"type": "error", "message": refusal})
                     continue
                 subscription.channels.add(channel[:300])
             else:
