@@ -43,6 +43,10 @@ TABLES = (
     "SELECT quote_ident(tablename) FROM pg_tables"
     " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
 )
+TERMINATE = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE datname = $1 AND pid <> pg_backend_pid()"
+)
 SEQUENCES = (
     "SELECT quote_ident(sequencename), start_value FROM pg_sequences WHERE schemaname = 'public'"
 )
@@ -89,38 +93,30 @@ class PgPool:
         self._all.clear()
         self._free.clear()
 
-    async def _create(self, name: str) -> None:
+    async def _as_admin(self, *statements: tuple[str, ...]) -> None:
+        """Run `(sql, *arguments)` statements on one connection to the admin database."""
         admin = await asyncpg.connect(self.admin_dsn)
         try:
-            # CREATE DATABASE ... TEMPLATE needs the template to have no other sessions
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                self.template,
-            )
-            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+            for sql, *arguments in statements:
+                await admin.execute(sql, *arguments)
         finally:
             await admin.close()
-        if self._fingerprint is None:
-            self._fingerprint = await self._fingerprint_of(name)
 
-    async def _fingerprint_of(self, name: str) -> str:
-        connection = await asyncpg.connect(self.dsn(name))
-        try:
-            return str(await connection.fetchval(FINGERPRINT))
-        finally:
-            await connection.close()
+    async def _create(self, name: str) -> None:
+        # CREATE DATABASE ... TEMPLATE needs the template to have no other sessions
+        await self._as_admin(
+            (TERMINATE, self.template),
+            (f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"',),
+        )
+        if self._fingerprint is None:
+            connection = await asyncpg.connect(self.dsn(name))
+            try:
+                self._fingerprint = str(await connection.fetchval(FINGERPRINT))
+            finally:
+                await connection.close()
 
     async def _reset(self, name: str) -> bool:
-        admin = await asyncpg.connect(self.admin_dsn)
-        try:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                name,
-            )
-        finally:
-            await admin.close()
+        await self._as_admin((TERMINATE, name))
         connection = await asyncpg.connect(self.dsn(name))
         try:
             await connection.execute("SET lock_timeout = '10s'")
@@ -139,8 +135,4 @@ class PgPool:
             await connection.close()
 
     async def _drop(self, name: str) -> None:
-        admin = await asyncpg.connect(self.admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await self._as_admin((f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',))

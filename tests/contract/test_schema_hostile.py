@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import update
 
@@ -73,8 +74,19 @@ async def store_behind_the_api(api: Api, schema_id: str, json_schema: dict[str, 
         await engine.dispose()
 
 
-def with_schema(schema_id: str, summary: str = "Customer wants a refund") -> dict[str, Any]:
+#: the summary of packets whose test is not about it
+SUMMARY = "Customer wants a refund"
+
+
+def with_schema(schema_id: str, summary: str = SUMMARY) -> dict[str, Any]:
     return {**packet_body(summary), "schema_id": schema_id}
+
+
+async def create_with_schema(api: Api, schema_id: str, summary: str = SUMMARY) -> httpx.Response:
+    """POST /packets naming `schema_id` (the response, whatever its status)."""
+    return await api.client.post(
+        f"{P}/packets", json=with_schema(schema_id, summary), headers=api.headers()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(UNRESOLVABLE))
@@ -110,9 +122,7 @@ async def test_references_inside_the_schema_are_accepted_and_used(api: Api) -> N
         },
     )
     await create_packet(api, body=with_schema(schema_id))
-    response = await api.client.post(
-        f"{P}/packets", json=with_schema(schema_id, "x" * 41), headers=api.headers()
-    )
+    response = await create_with_schema(api, schema_id, "x" * 41)
     assert_problem(response, 422, "schema.validation_failed")
 
 
@@ -152,9 +162,7 @@ async def test_a_stored_schema_that_cannot_be_used_is_422_on_create_batch_and_ch
 
 async def test_a_pattern_catastrophic_for_re_is_answered(api: Api) -> None:
     schema_id = await registered(api, HOSTILE_PATTERN)
-    response = await api.client.post(
-        f"{P}/packets", json=with_schema(schema_id, EVIL_SUMMARY), headers=api.headers()
-    )
+    response = await create_with_schema(api, schema_id, EVIL_SUMMARY)
     assert_problem(response, 422, "schema.validation_failed")
     await create_packet(api, body=with_schema(schema_id, "a" * 5_000))
 
@@ -200,9 +208,7 @@ async def test_lookahead_and_backreferences_work_as_json_schema_recommends(api: 
     }
     schema_id = await registered(api, password_like)
     await create_packet(api, body=with_schema(schema_id, "Refund of 42 EUR"))
-    refused = await api.client.post(
-        f"{P}/packets", json=with_schema(schema_id, "no capitals 42"), headers=api.headers()
-    )
+    refused = await create_with_schema(api, schema_id, "no capitals 42")
     assert_problem(refused, 422, "schema.validation_failed")
 
 
@@ -211,9 +217,7 @@ async def test_matching_past_the_time_budget_is_422_too_costly(
 ) -> None:
     schema_id = await registered(api, RUNAWAY)
     monkeypatch.setattr(validation, "VALIDATION_SECONDS", 0.05)
-    response = await api.client.post(
-        f"{P}/packets", json=with_schema(schema_id, RUNAWAY_SUMMARY), headers=api.headers()
-    )
+    response = await create_with_schema(api, schema_id, RUNAWAY_SUMMARY)
     body = assert_problem(response, 422, "schema.validation_too_costly")
     assert body.get("field") == "context"
     listed = await api.client.get(f"{P}/packets", headers=api.headers())
@@ -237,14 +241,10 @@ def nested_any_of(depth: int) -> dict[str, Any]:
 async def test_a_schema_exponential_without_any_regex_is_422_too_costly(api: Api) -> None:
     """2^26 keyword checks would hold the event loop for many minutes; the budget ends it."""
     schema_id = await registered(api, nested_any_of(26))
-    response = await api.client.post(
-        f"{P}/packets", json=with_schema(schema_id), headers=api.headers()
-    )
+    response = await create_with_schema(api, schema_id)
     assert_problem(response, 422, "schema.validation_too_costly")
     shallow = await registered(api, nested_any_of(3), name="shallow")
-    refused = await api.client.post(
-        f"{P}/packets", json=with_schema(shallow), headers=api.headers()
-    )
+    refused = await create_with_schema(api, shallow)
     assert_problem(refused, 422, "schema.validation_failed")
 
 

@@ -197,33 +197,43 @@ def test_health_paths_are_app_routes(tmp_path: Path) -> None:
     assert not wrong, wrong
 
 
-def env_names() -> list[tuple[str, str]]:
-    """(where, variable) for every variable the platform files give our processes."""
-    names: list[tuple[str, str]] = []
+def env_entries() -> list[tuple[str, str, str | None]]:
+    """(where, variable, value) for every variable the platform files give our processes (the
+    value None where the platform fills it in: a database's connection string, a secret)."""
+    entries: list[tuple[str, str, str | None]] = []
     render = yaml.safe_load((ROOT / "render.yaml").read_text())
-    for group in render["envVarGroups"]:
-        names += [(f"render:{group['name']}", var["key"]) for var in group["envVars"]]
-    for service in render["services"]:
-        names += [
-            (f"render:{service['name']}", var["key"])
-            for var in service.get("envVars", [])
+    for owner in [*render["envVarGroups"], *render["services"]]:
+        entries += [
+            (f"render:{owner['name']}", var["key"], var.get("value"))
+            for var in owner.get("envVars", [])
             if "key" in var
         ]
     fly = tomllib.loads((ROOT / "fly.toml").read_text())
-    names += [("fly.toml", name) for name in fly["env"]]
+    entries += [("fly.toml", name, value) for name, value in fly["env"].items()]
     for doc in k8s_documents():
         if doc["kind"] == "ConfigMap":
-            names += [(f"k8s:{doc['metadata']['name']}", name) for name in doc["data"]]
+            where = f"k8s:{doc['metadata']['name']}"
+            entries += [(where, name, value) for name, value in doc["data"].items()]
         if doc["kind"] == "Secret":
-            names += [(f"k8s:{doc['metadata']['name']}", name) for name in doc["stringData"]]
+            entries += [
+                (f"k8s:{doc['metadata']['name']}", name, None) for name in doc["stringData"]
+            ]
     for name, spec in pod_specs():
         for container in spec["containers"]:
-            names += [(f"k8s:{name}", var["name"]) for var in container.get("env", [])]
+            entries += [
+                (f"k8s:{name}", var["name"], var.get("value")) for var in container.get("env", [])
+            ]
     for example in sorted((ROOT / "deploy/env").glob("*.env.example")):
         for line in example.read_text().splitlines():
             if line and not line.startswith("#") and "=" in line:
-                names.append((example.name, line.split("=", 1)[0]))
-    return names
+                name, value = line.split("=", 1)
+                entries.append((example.name, name, value))
+    return entries
+
+
+def env_names() -> list[tuple[str, str]]:
+    """(where, variable) for every variable the platform files give our processes."""
+    return [(where, name) for where, name, _value in env_entries()]
 
 
 def unknown_settings(names: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -250,23 +260,11 @@ def test_env_vars_are_settings_fields(tmp_path: Path) -> None:
     assert unknown_settings([("typo", "HR_DATABASE_URI")]) == [("typo", "HR_DATABASE_URI")]
 
 
-def forwarded_allow_ips(tmp_path: Path) -> dict[str, str]:
+def forwarded_allow_ips(tmp_path: Path) -> dict[str, str | None]:
     """Where each platform file sets HR_FORWARDED_ALLOW_IPS, its value."""
-    found: dict[str, str] = {}
-    render = yaml.safe_load((ROOT / "render.yaml").read_text())
-    for owner in [*render["envVarGroups"], *render["services"]]:
-        for var in owner.get("envVars", []):
-            if var.get("key") == "HR_FORWARDED_ALLOW_IPS":
-                found[f"render:{owner['name']}"] = var["value"]
-    fly = tomllib.loads((ROOT / "fly.toml").read_text())
-    found["fly.toml"] = fly["env"].get("HR_FORWARDED_ALLOW_IPS", "")
-    for doc in k8s_documents():
-        if doc["kind"] == "ConfigMap" and "HR_FORWARDED_ALLOW_IPS" in doc["data"]:
-            found[f"k8s:{doc['metadata']['name']}"] = doc["data"]["HR_FORWARDED_ALLOW_IPS"]
-    for example in sorted((ROOT / "deploy/env").glob("*.env.example")):
-        for line in example.read_text().splitlines():
-            if line.startswith("HR_FORWARDED_ALLOW_IPS="):
-                found[example.name] = line.split("=", 1)[1]
+    found = {
+        where: value for where, name, value in env_entries() if name == "HR_FORWARDED_ALLOW_IPS"
+    }
     api = prod_config(tmp_path)["services"]["api"]["environment"]
     found["compose.prod.yaml"] = api.get("HR_FORWARDED_ALLOW_IPS", "")
     return found

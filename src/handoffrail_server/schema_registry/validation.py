@@ -202,10 +202,10 @@ def _validator_class(schema: Mapping[str, Any]) -> type[Validator]:
 
 
 @contextmanager
-def request_budget(seconds: float | None = None) -> Iterator[None]:
-    """Within this block, all validations together take at most `seconds`
-    (`REQUEST_VALIDATION_SECONDS` by default), each still at most `VALIDATION_SECONDS`."""
-    token = _REQUEST_BUDGET.set(Budget(REQUEST_VALIDATION_SECONDS if seconds is None else seconds))
+def request_budget() -> Iterator[None]:
+    """Within this block, all validations together take at most `REQUEST_VALIDATION_SECONDS`,
+    each still at most `VALIDATION_SECONDS`."""
+    token = _REQUEST_BUDGET.set(Budget(REQUEST_VALIDATION_SECONDS))
     try:
         yield
     finally:
