@@ -400,19 +400,11 @@ def candidates_query(
     )
 
 
-#: claim-next's candidates on PostgreSQL, one status: the claimable index's order, every filter
-#: a parameter (NULL / empty array = no filter), so one prepared statement serves every call.
+#: claim-next's candidates on PostgreSQL, one status: migration 0008's function (the claimable
+#: index's order, planned with `enable_sort = off`), every filter a parameter (NULL / empty array
+#: = no filter), so one prepared statement serves every call.
 _PG_CANDIDATES_SQL = (
-    "SELECT {columns} FROM packet"
-    " WHERE tenant_id = $1 AND status = $2"
-    " AND ($3::text IS NULL OR target_agent_id = $3)"
-    " AND ($4::text[] IS NULL OR priority = ANY($4::text[]))"
-    " AND (expires_at IS NULL OR expires_at > $5)"
-    " AND NOT EXISTS (SELECT 1 FROM unnest($6::text[]) AS wanted(tag) WHERE NOT EXISTS ("
-    "SELECT 1 FROM packet_tag t"
-    " WHERE t.tenant_id = $1 AND t.tag = wanted.tag AND t.packet_id = packet.id))"
-    " ORDER BY priority_rank DESC, created_at ASC, id ASC"
-    " LIMIT $7 FOR UPDATE SKIP LOCKED"
+    "SELECT {columns} FROM handoffrail_claim_candidates($1, $2, $3, $4, $5, $6, $7)"
 )
 
 
@@ -434,15 +426,15 @@ async def claim_candidates(
     now: datetime,
     limit: int,
 ) -> list[Packet]:
-    """Oldest highest-priority claimable packets (PostgreSQL skips rows locked by others)."""
+    """Oldest highest-priority claimable packets (PostgreSQL skips rows locked by others).
+
+    The claimable index has the candidates' ORDER BY, so its first unlocked row is the answer.
+    When the statistics lag behind a fast-growing queue (autoanalyze has not run yet, "1 row"
+    estimated), the planner prefers another index and sorts the whole queue on every claim
+    (tens of ms at 10k+ rows). Sorting is never the better plan here, so it is switched off
+    while the candidates are planned: by the function's `SET` clause (one round trip), or by
+    `SET LOCAL` for the ORM query of several statuses."""
     driver = await fast.connection(session)
-    if driver is not None:
-        # The claimable index has this ORDER BY, so its first unlocked row is the answer. When
-        # the statistics lag behind a fast-growing queue (autoanalyze has not run yet, "1 row"
-        # estimated), the planner prefers another index and sorts the whole queue on every
-        # claim (tens of ms at 10k+ rows). Sorting is never the better plan here.
-        async with fast.translated(session):
-            await driver.execute("SET LOCAL enable_sort = off")
     if driver is not None and len(statuses) == 1:
         async with fast.translated(session):
             records = await driver.fetch(
@@ -456,6 +448,9 @@ async def claim_candidates(
                 limit,
             )
         return [fast.to_model(Packet, record) for record in records]
+    if driver is not None:
+        async with fast.translated(session):
+            await driver.execute("SET LOCAL enable_sort = off")
     query = candidates_query(
         tenant_id,
         statuses,
