@@ -35,6 +35,12 @@ def test_calls_per_request_are_counted_for_a_lifecycle_on_sqlite() -> None:
 
 def test_the_timing_mode_reports_cpu_per_claim_next_on_sqlite() -> None:
     completed = _calls("--timing", "--scenario", "claim_next", "--count", "8")
-    found = re.search(r"claim_next on sqlite: ([\d.]+) ms CPU per operation", completed.stdout)
+    found = re.search(
+        r"claim_next on sqlite: ([\d.]+) ms CPU per operation"
+        r" \(([\d.]+) ms in the event loop's thread; (\d+)/s in-process\)",
+        completed.stdout,
+    )
     assert found is not None, completed.stdout
-    assert float(found.group(1)) > 0
+    process, loop, rate = float(found.group(1)), float(found.group(2)), int(found.group(3))
+    assert 0 < loop <= process  # the loop's thread is one of the process's threads
+    assert rate > 0
