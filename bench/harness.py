@@ -435,6 +435,20 @@ def _sqlite_ceiling_table(path: Path) -> None:
         connection.close()
 
 
+def embedded_env(database_url: str, key: str, port: int, workdir: Path) -> dict[str, str]:
+    """The SQLite server's environment: the embedded default as README's first command starts
+    it (development, no Redis), as the original server's SQLite figure was taken; a Redis URL
+    given with `--set` still applies."""
+    env = server_env(database_url, key, port, workdir)
+    env["HR_ENVIRONMENT"] = "development"
+    for name in ("HR_REDIS_URL", "HR_REDIS_PREFIX", "REDIS_URL"):
+        env.pop(name, None)
+    env.update(
+        {name: value for name, value in processes.SERVER_OVERRIDES.items() if "REDIS" in name}
+    )
+    return env
+
+
 def phase_sqlite(report: Report, sizes: Sizes, workdir: Path) -> None:
     from handoffrail_server.keys.tokens import generate_key
 
@@ -444,8 +458,7 @@ def phase_sqlite(report: Report, sizes: Sizes, workdir: Path) -> None:
     migrate(url, "development")
     port = free_port()
     key = generate_key()
-    env = server_env(url, key, port, workdir)
-    env["HR_ENVIRONMENT"] = "development"  # SQLite is the development / embedded default
+    env = embedded_env(url, key, port, workdir)
     base = f"http://127.0.0.1:{port}"
     serve = [str(BIN / "handoffrail"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     results: list[tuple[int, dict[str, Any]]] = []
