@@ -33,6 +33,10 @@ from tests.conftest import (
 
 #: examples per operation; `HR_TEST_FUZZ_EXAMPLES=200` for a deeper run than CI's
 MAX_EXAMPLES = int(os.environ.get("HR_TEST_FUZZ_EXAMPLES", "15"))
+#: the suite's 120 s per test holds CI's 15 examples; a deeper run gets time in proportion (120
+#: examples took 110-135 s on a slow day; past the limit pytest-timeout fires inside Hypothesis,
+#: which reports it as a "flaky" operation, not as a timeout)
+FUZZ_TIMEOUT = max(120, 3 * MAX_EXAMPLES)
 JSON_MEDIA_TYPES = ("application/json", "application/problem+json")
 
 
@@ -137,10 +141,12 @@ def fuzz(target: Target) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT)
 def test_no_operation_answers_5xx_on_sqlite(sqlite_target: Target) -> None:
     fuzz(sqlite_target)
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(FUZZ_TIMEOUT)
 def test_no_operation_answers_5xx_on_postgres(postgres_target: Target) -> None:
     fuzz(postgres_target)
