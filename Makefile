@@ -55,8 +55,8 @@ unit: install ## Fast unit tests only
 test: lint typecheck security coverage ## Everything CI runs (.ci/run and ci.yml): lint, types, supply chain, tests
 
 .PHONY: coverage
-coverage: install ## All tests with branch coverage (PostgreSQL and Redis included); summary to GitHub when there
-	$(BIN)/pytest --cov=handoffrail_server --cov-branch --cov-report=term:skip-covered -q --durations=15
+coverage: install ## All tests with branch coverage, one worker per core (PostgreSQL and Redis included); summary to GitHub when there
+	$(BIN)/pytest -n auto --cov=handoffrail_server --cov-branch --cov-report=term:skip-covered -q --durations=15
 	@if [ -n "$${GITHUB_STEP_SUMMARY:-}" ]; then \
 		$(BIN)/coverage report --format=markdown >> "$$GITHUB_STEP_SUMMARY"; fi
 

@@ -249,7 +249,11 @@ async def test_unknown_route_is_404_problem(api: Api, path: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("PUT", "/packets"), ("DELETE", "/packets"), ("PUT", f"/packets/{uuid.uuid4()}")],
+    [
+        ("PUT", "/packets"),
+        ("DELETE", "/packets"),
+        ("PUT", "/packets/7c118c9d-85d3-45e1-a2c7-e7468499fa77"),
+    ],
 )
 async def test_wrong_method_is_405_problem_with_allow(api: Api, method: str, path: str) -> None:
     response = await api.client.request(method, f"{P}{path}", headers=api.headers())
