@@ -174,18 +174,16 @@ async def _ws_reader(websocket: WebSocket, subscription: Subscription) -> None:
         if action == "ping":
             await websocket.send_json({"type": "pong", "timestamp": datetime.now(UTC).isoformat()})
         elif action in {"subscribe", "unsubscribe"} and isinstance(channel, str) and channel:
-            if action == "subscribe":
-                if (
-                    len(subscription.channels) >= MAX_CHANNELS
-                    and channel[:300] not in subscription.channels
-                ):
-                    refusal = f"Too many subscriptions (at most {MAX_CHANNELS} per connection)"
-                    await websocket.send_json({"type": "error", "message": refusal})
-                    continue
-                subscription.channels.add(channel[:300])
+            name = channel[:300]
+            if action == "unsubscribe":
+                subscription.channels.discard(name)
+            elif len(subscription.channels) >= MAX_CHANNELS and name not in subscription.channels:
+                refusal = f"Too many subscriptions (at most {MAX_CHANNELS} per connection)"
+                await websocket.send_json({"type": "error", "message": refusal})
+                continue
             else:
-                subscription.channels.discard(channel[:300])
-            await websocket.send_json({"type": f"{action}d", "channel": channel[:300]})
+                subscription.channels.add(name)
+            await websocket.send_json({"type": f"{action}d", "channel": name})
         else:
             await websocket.send_json({"type": "error", "message": "Unknown action"})
 
