@@ -234,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        help="also write the raw profile here (pstats; read it with"
+        " `python -m pstats FILE` for callers and cumulative times)",
+    )
     processes.add_settings_option(parser)
     parser.add_argument(
         "--timing",
@@ -276,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             f" ({loop_ms:.3f} ms in the event loop's thread; {rate:.0f}/s in-process)\n"
         )
         return 0
+    if args.dump:
+        result["stats"].dump_stats(args.dump)
     sys.stdout.write(report(result["stats"], args.count, result["cpu"], args.top) + "\n")
     return 0
 

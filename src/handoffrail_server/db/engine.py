@@ -17,7 +17,7 @@ from sqlalchemy.pool import PoolResetState
 
 from handoffrail_server.db import fast_sqlite
 from handoffrail_server.db.fast import dump_json
-from handoffrail_server.db.uow import limit_connections
+from handoffrail_server.db.uow import limit_connections, take_turn
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 #: asyncpg's prepared-statement cache unless `HR_DB_STATEMENT_CACHE_SIZE` says otherwise
@@ -99,6 +99,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        take_turn()  # a unit of work's turn among this process's writers (db.uow)
         fast_sqlite.begin_immediate(connection.connection.dbapi_connection)
 
     @event.listens_for(sync_engine, "reset")

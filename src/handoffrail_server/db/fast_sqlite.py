@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.util import await_
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.util import await_, greenlet_spawn
 
 from handoffrail_server.db.base import Base
 from handoffrail_server.db.fast import rows_of
@@ -104,6 +104,37 @@ def insert_statement(session: AsyncSession, objects: Sequence[Base]) -> Statemen
     return Statement(_insert_sql(model, keys), parameters)
 
 
+def bound(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> tuple[Any, ...]:
+    """`values` (column key → value) as the columns' bind processors pass them to SQLite."""
+    keys = tuple(values)
+    processors = _processors(model, session.get_bind().dialect, keys)
+    return tuple(
+        process(values[key]) if process is not None and values[key] is not None else values[key]
+        for key, process in zip(keys, processors, strict=True)
+    )
+
+
+async def read_outside(session: AsyncSession, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+    """The rows of a read, outside the session's transaction when it has not begun one (a
+    pooled connection of its own, one hop, no `BEGIN IMMEDIATE` and so no writer's turn:
+    `db.uow`); inside it otherwise, where it sees the transaction's own writes."""
+    engine = session.bind
+    if session.in_transaction() or not isinstance(engine, AsyncEngine):
+        lite = await connection(session)
+        assert lite is not None  # SQLite
+        with translating():
+            rows: list[Any] = await lite.execute_fetchall(sql, parameters)
+        return rows
+    raw = await engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        assert driver is not None
+        with translating():
+            return list(await driver.execute_fetchall(sql, parameters))
+    finally:
+        await greenlet_spawn(raw.close)
+
+
 def _run_in_thread(
     connection: sqlite3.Connection, writes: Sequence[Statement], query: Statement | None
 ) -> list[Any]:
@@ -141,6 +172,12 @@ def _begin_immediate(connection: sqlite3.Connection) -> None:
     if connection.in_transaction:  # left open by a call whose caller was cancelled meanwhile
         connection.rollback()
     connection.execute("BEGIN IMMEDIATE")
+
+
+def run_begun(connection: sqlite3.Connection, writes: Sequence[Statement]) -> None:
+    """In the connection's thread: `BEGIN IMMEDIATE`, then `writes` (the caller commits)."""
+    _begin_immediate(connection)
+    _run_in_thread(connection, writes, None)
 
 
 def begin_immediate(adapted: Any) -> None:

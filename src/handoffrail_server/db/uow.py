@@ -6,9 +6,12 @@ become a long latency tail:
 - SQLite allows one writer at a time and every transaction here starts with `BEGIN IMMEDIATE`.
   Without help, concurrent requests of one process would queue inside SQLite's busy handler,
   which sleeps in growing steps (up to 100 ms) between retries: seconds of p99 latency under
-  load. Units of work of one process therefore queue first on an asyncio lock per engine (FIFO,
+  load. Units of work of one process therefore take turns on an asyncio lock per engine (FIFO,
   handed over the moment the holder commits); other processes on the same file still meet the
-  busy timeout.
+  busy timeout. A unit takes its turn when its session begins a transaction (the engine's
+  `begin` event calls `take_turn`), not when it opens: what it does before its first statement
+  does not hold other writers up, and a unit whose one write goes through the write queue
+  (`commit_alone`, `db.sqlite_writer`) never takes one.
 - PostgreSQL: SQLAlchemy's pool hands a returned connection to whichever task asks next, and a
   waiter that loses that race queues again at the back; and beyond `pool_size` every checkout
   opens an overflow connection that is closed again on return. With more requests in flight than
@@ -24,16 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import await_
 
-from handoffrail_server.db import fast
+from handoffrail_server.db import fast, sqlite_writer
 
 P = TypeVar("P", asyncio.Lock, asyncio.Semaphore)
 
@@ -80,6 +84,51 @@ def _writer_lock(bind: object) -> asyncio.Lock | None:
     return _sqlite_writers.get(bind, asyncio.Lock)
 
 
+@dataclass(slots=True)
+class _Turn:
+    """A SQLite unit of work's place among the process's writers (see the module docstring)."""
+
+    engine: AsyncEngine
+    lock: asyncio.Lock
+    task: asyncio.Task[object] | None
+    held: bool = False
+    finished: bool = False  #: its last write went through the write queue
+
+
+_turn: ContextVar[_Turn | None] = ContextVar("handoffrail_uow_turn", default=None)
+
+
+def _own_turn() -> _Turn | None:
+    turn = _turn.get()
+    if turn is None or turn.task is not asyncio.current_task():
+        return None  # not in a unit of work, or in a task a unit spawned
+    return turn
+
+
+def take_turn() -> None:
+    """From the SQLite engine's `begin` event (sync, in SQLAlchemy's greenlet): wait for the
+    current unit of work's turn to write before its transaction begins."""
+    turn = _own_turn()
+    if turn is None or turn.held:
+        return
+    if turn.finished:
+        raise fast.UnitFinished("a transaction after the unit's queued last write (rolled back)")
+    await_(turn.lock.acquire())
+    turn.held = True
+
+
+async def commit_alone(session: AsyncSession, statements: Sequence[Any]) -> bool:
+    """SQLite: commit `statements` (`fast_sqlite.Statement`s) as the unit of work's only write,
+    through the write queue, when its session has not begun a transaction; False (nothing
+    done) otherwise: the caller writes in the session's transaction."""
+    turn = _own_turn()
+    if turn is None or turn.held or turn.finished or session.in_transaction():
+        return False
+    turn.finished = True  # set first: nothing may begin while the write is under way
+    await sqlite_writer.queue_for(turn.engine, turn.lock).commit(statements)
+    return True
+
+
 def _gate(bind: object) -> tuple[asyncio.Semaphore, float] | None:
     if not isinstance(bind, AsyncEngine):
         return None
@@ -122,21 +171,39 @@ async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterat
     """Yield a session inside a transaction; commit if the block succeeds."""
     bind = factory.kw.get("bind")
     lock = _writer_lock(bind)
-    async with lock if lock is not None else _slot(bind):
+    if lock is not None:
+        assert isinstance(bind, AsyncEngine)
+        turn = _Turn(bind, lock, asyncio.current_task())
+        token = _turn.set(turn)
+        try:
+            async with _in_session(factory) as session:
+                yield session
+        finally:
+            _turn.reset(token)
+            if turn.held:
+                lock.release()
+        return
+    async with _slot(bind):
         if isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql":
             async with _on_one_connection(factory, bind) as session:
                 yield session
             return
-        session = factory()
-        try:
+        async with _in_session(factory) as session:
             yield session
-            await session.commit()
-        except BaseException:
-            await asyncio.shield(session.close())  # rolls back, returns the connection
-            raise
-        # Committed: the transaction has ended and handed its connection back to the pool, so
-        # `close()` would only empty the identity map (a greenlet hop, ~4 % of a create's CPU);
-        # the session is dropped instead.
+
+
+@asynccontextmanager
+async def _in_session(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    session = factory()
+    try:
+        yield session
+        await session.commit()
+    except BaseException:
+        await asyncio.shield(session.close())  # rolls back, returns the connection
+        raise
+    # Committed: the transaction has ended and handed its connection back to the pool, so
+    # `close()` would only empty the identity map (a greenlet hop, ~4 % of a create's CPU);
+    # the session is dropped instead.
 
 
 @asynccontextmanager

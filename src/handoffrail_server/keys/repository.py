@@ -42,12 +42,10 @@ async def principal_row(session: AsyncSession, key_hash: str) -> Any:
     Attribute access by column name (`row.tier`) on either backend."""
     driver = await fast.connection(session, begin=False)
     if driver is None:
-        lite = await fast_sqlite.connection(session)
-        assert lite is not None  # PostgreSQL or SQLite
-        # SQLite: one aiosqlite call; the columns are text, integers and timestamps only
-        # compared with None, so no result processing is needed
-        async with fast_sqlite.translated():
-            rows = await lite.execute_fetchall(_SQLITE_PRINCIPAL_SQL, (key_hash,))
+        # SQLite: one aiosqlite call, before the unit's transaction when it has none yet; the
+        # columns are text, integers and timestamps only compared with None, so no result
+        # processing is needed
+        rows = await fast_sqlite.read_outside(session, _SQLITE_PRINCIPAL_SQL, (key_hash,))
         return (
             SimpleNamespace(**dict(zip(_PRINCIPAL_COLUMNS, rows[0], strict=True))) if rows else None
         )

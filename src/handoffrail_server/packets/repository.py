@@ -30,7 +30,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handoffrail_server.db import fast, fast_sqlite
+from handoffrail_server.db import fast, fast_sqlite, uow
 from handoffrail_server.db.models import Packet, PacketEvent, PacketTag, StreamEvent
 from handoffrail_server.db.rows import replaced, transient
 from handoffrail_server.packets import policy
@@ -136,8 +136,6 @@ async def write_change(session: AsyncSession, change: Change) -> bool:
 
 
 async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
-    lite = await fast_sqlite.connection(session)
-    assert lite is not None  # PostgreSQL or SQLite
     writes: list[fast_sqlite.Statement] = []
     if change.created is not None:
         packet = change.created
@@ -150,6 +148,16 @@ async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
             writes.append(fast_sqlite.insert_statement(session, tag_rows))
     writes.append(fast_sqlite.insert_statement(session, [change.event]))
     writes.append(stream_log.sqlite_insert(session, change.stream_event))
+    if change.last:
+        alone = list(writes)
+        if change.webhook is not None:
+            alone.append(
+                webhook_rows.sqlite_fan_out(session, change.event.tenant_id, change.webhook)
+            )
+        if await uow.commit_alone(session, alone):
+            return False
+    lite = await fast_sqlite.connection(session)
+    assert lite is not None  # PostgreSQL or SQLite
     if change.webhook is None:
         await fast_sqlite.run(lite, writes)
         return False

@@ -91,6 +91,42 @@ def pg_fan_out(tenant_id: str, event: PacketWebhook, source: str | None = None) 
     )
 
 
+#: SQLite: `pg_fan_out`'s statement; a version-4 UUID per row as SQLite stores one (32 hex
+#: digits: random, then the version digit 4 and a variant digit 8-b in their places), and
+#: `events` (a JSON array) searched with json_each
+_SQLITE_FAN_OUT_SQL = (
+    "INSERT INTO webhook_delivery (id, tenant_id, webhook_id, event_id, packet_id, event_type,"
+    " payload, status, attempts, next_attempt_at, created_at, updated_at)"
+    " SELECT lower(hex(randomblob(4)) || hex(randomblob(2)) || '4'"
+    " || substr(hex(randomblob(2)), 2) || substr('89ab', 1 + (random() & 3), 1)"
+    " || substr(hex(randomblob(2)), 2) || hex(randomblob(6))),"
+    " tenant_id, id, ?, ?, ?, ?, 'pending', 0, ?, ?, ?"
+    " FROM webhook_endpoint WHERE tenant_id = ? AND active AND EXISTS"
+    " (SELECT 1 FROM json_each(webhook_endpoint.events) WHERE json_each.value = ?)"
+)
+
+
+def sqlite_fan_out(
+    session: AsyncSession, tenant_id: str, event: PacketWebhook
+) -> fast_sqlite.Statement:
+    """SQLite: the outbox rows of `event` as one INSERT … SELECT (`pg_fan_out`'s twin), for a
+    change committed in one piece (`db.sqlite_writer`)."""
+    values = fast_sqlite.bound(
+        session,
+        WebhookDelivery,
+        {
+            "event_id": event.event_id,
+            "packet_id": event.packet_id,
+            "event_type": event.event_type,
+            "payload": event.payload,
+            "next_attempt_at": event.at,
+            "created_at": event.at,
+            "updated_at": event.at,
+        },
+    )
+    return fast_sqlite.Statement(_SQLITE_FAN_OUT_SQL, [(*values, tenant_id, event.event_type)])
+
+
 def sqlite_subscribed_events(tenant_id: str) -> fast_sqlite.Statement:
     """SQLite: the event lists of the tenant's active endpoints (read by `sqlite_wants`)."""
     return fast_sqlite.Statement(_SQLITE_SUBSCRIBED_EVENTS_SQL, [(tenant_id,)])

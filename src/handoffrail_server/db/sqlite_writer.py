@@ -1,0 +1,137 @@
+"""SQLite: a unit of work's single write, committed by a queue that writes back to back.
+
+SQLite has one writer at a time, and each process's units of work take turns on an asyncio lock
+(`db.uow`). A unit holding the turn used to make four hops to its connection's thread (BEGIN
+IMMEDIATE, the key lookup, the change, COMMIT) while every other request waited on the lock and
+the event loop sat idle between hops: a third of the time in `bench.calls` (issue 10, round 10).
+
+A unit whose only write is one change (a single create, claim or PATCH: `repository.Change.last`)
+does not take the turn. It hands its statements to this queue, which runs the waiting units'
+transactions in one hop to one connection's thread — for each: `BEGIN IMMEDIATE`, the
+statements, `COMMIT` — while the event loop serves other requests. Every unit is still its
+own transaction: one that fails rolls back alone and gets its own error; the others commit.
+The queue takes the same turn as units of work for each batch (and checks its connection out
+of the pool before waiting for the turn, as units do), so queued and session writes never
+meet in SQLite's busy handler.
+
+A unit that queued its write has finished writing: `db.uow` refuses a transaction it would
+begin afterwards (`fast.UnitFinished`), as on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
+
+from handoffrail_server.db import fast_sqlite
+
+
+@dataclass(slots=True)
+class _Job:
+    statements: Sequence[fast_sqlite.Statement]
+    future: asyncio.Future[None] = field(repr=False)
+
+
+def _commit_one(connection: sqlite3.Connection, job: _Job) -> Exception | None:
+    try:
+        fast_sqlite.run_begun(connection, job.statements)
+        connection.execute("COMMIT")
+    except Exception as error:  # this unit's failure is its own; the next one still runs
+        if connection.in_transaction:
+            connection.rollback()
+        return error
+    return None
+
+
+def _commit_all(connection: sqlite3.Connection, jobs: Sequence[_Job]) -> list[Exception | None]:
+    """In the connection's thread: each job as its own transaction, in order."""
+    return [_commit_one(connection, job) for job in jobs]
+
+
+class WriteQueue:
+    """The queue of one engine in one event loop; `commit` is its only entry."""
+
+    def __init__(self, engine: AsyncEngine, turn: asyncio.Lock) -> None:
+        self._engine = engine
+        self._turn = turn
+        self._waiting: list[_Job] = []
+        self._drain: asyncio.Task[None] | None = None
+        self.batches = 0  #: batches written (tests and benchmarks read it)
+
+    async def commit(self, statements: Sequence[fast_sqlite.Statement]) -> None:
+        """Run `statements` as one transaction of their own; return once it committed.
+
+        Cancelled while still waiting: never written. Cancelled once its batch started: it
+        commits (or fails) with the batch, as a commit that finished after the client left."""
+        job = _Job(statements, asyncio.get_running_loop().create_future())
+        self._waiting.append(job)
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._run(), name="handoffrail-sqlite-writes")
+        await job.future
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                await self._write_batch()
+        finally:
+            self._drain = None
+
+    async def _write_batch(self) -> None:
+        jobs, self._waiting = self._waiting, []
+        try:
+            # the connection first, then the turn: whoever waits for the turn already has one
+            raw = await self._engine.raw_connection()
+            try:
+                async with self._turn:
+                    live = [job for job in jobs if not job.future.done()]
+                    driver = raw.driver_connection
+                    assert driver is not None
+                    outcomes = await driver._execute(_commit_all, driver._conn, live)
+            finally:
+                await greenlet_spawn(raw.close)
+        except Exception as error:  # no connection, or the hop itself failed
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(_translated(error))
+            return
+        except BaseException:
+            for job in jobs:
+                job.future.cancel()
+            raise
+        self.batches += 1
+        for job, outcome in zip(live, outcomes, strict=True):
+            if job.future.done():
+                continue  # its waiter was cancelled while the batch ran
+            if outcome is None:
+                job.future.set_result(None)
+            else:
+                job.future.set_exception(_translated(outcome))
+
+
+def _translated(error: Exception) -> Exception:
+    """sqlite3's errors as SQLAlchemy's (the problem handlers know those); others as they are."""
+    try:
+        with fast_sqlite.translating():
+            raise error
+    except Exception as translated:  # returned to the waiter, not swallowed
+        return translated
+
+
+_queues: weakref.WeakKeyDictionary[AsyncEngine, tuple[asyncio.AbstractEventLoop, WriteQueue]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def queue_for(engine: AsyncEngine, turn: asyncio.Lock) -> WriteQueue:
+    """The engine's queue in the running event loop (tests run several loops in turn)."""
+    loop = asyncio.get_running_loop()
+    entry = _queues.get(engine)
+    if entry is None or entry[0] is not loop:
+        entry = _queues[engine] = (loop, WriteQueue(engine, turn))
+    return entry[1]
