@@ -5,7 +5,9 @@ its own transaction; units that begin a transaction take their turn then, not wh
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -244,3 +246,16 @@ async def test_concurrent_creates_share_batches_and_fan_out(api: Api) -> None:
     listed = await api.client.get("/api/v1/packets?limit=100", headers=api.headers())
     assert listed.status_code == 200
     assert {uuid.UUID(p["id"]).hex for p in listed.json()["packets"]} >= ids
+
+
+async def test_the_queue_does_not_keep_its_engine_alive(migrated_url: str) -> None:
+    engine = create_engine(migrated_url)
+    async with unit_of_work(create_sessionmaker(engine)) as session:
+        session.add(Tenant(id="t1", name="t1", created_at=NOW, updated_at=NOW))
+    assert await _write_alone(create_sessionmaker(engine), uuid.uuid4())
+    assert engine in sqlite_writer._queues
+    await engine.dispose()
+    gone = weakref.ref(engine)
+    del engine, session
+    gc.collect()
+    assert gone() is None

@@ -58,7 +58,7 @@ class WriteQueue:
     """The queue of one engine in one event loop; `commit` is its only entry."""
 
     def __init__(self, engine: AsyncEngine, turn: asyncio.Lock) -> None:
-        self._engine = engine
+        self._engine = weakref.ref(engine)  # the registry below is keyed weakly by the engine
         self._turn = turn
         self._waiting: list[_Job] = []
         self._drain: asyncio.Task[None] | None = None
@@ -86,7 +86,10 @@ class WriteQueue:
         jobs, self._waiting = self._waiting, []
         try:
             # the connection first, then the turn: whoever waits for the turn already has one
-            raw = await self._engine.raw_connection()
+            engine = self._engine()
+            if engine is None:
+                raise RuntimeError("the engine of this write queue is gone")
+            raw = await engine.raw_connection()
             try:
                 async with self._turn:
                     live = [job for job in jobs if not job.future.done()]
