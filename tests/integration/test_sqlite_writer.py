@@ -89,12 +89,32 @@ def _batches(engine: AsyncEngine) -> int:
     return 0 if entry is None else entry[1].batches
 
 
+def _together(engine: AsyncEngine) -> int:
+    """Of those, the batches committed as one transaction."""
+    entry = sqlite_writer._queues.get(engine)
+    return 0 if entry is None else entry[1].together
+
+
+async def test_a_batch_commits_as_one_transaction(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    assert await _write_alone(sessions, uuid.uuid4())
+    batches, together = _batches(engine), _together(engine)
+    ids = [uuid.uuid4() for _ in range(5)]
+    assert (
+        await asyncio.gather(*(_write_alone(sessions, packet_id) for packet_id in ids))
+        == [True] * 5
+    )
+    assert (_batches(engine), _together(engine)) == (batches + 1, together + 1)
+    assert [await _count(engine, packet_id) for packet_id in ids] == [1] * 5
+
+
 async def test_units_in_one_batch_fail_alone(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     first, second = uuid.uuid4(), uuid.uuid4()
     assert await _write_alone(sessions, first)
-    batches = _batches(engine)
+    batches, together = _batches(engine), _together(engine)
     outcomes = await asyncio.gather(
         _write_alone(sessions, second),
         _write_alone(sessions, first),  # its primary key is taken: this unit fails
@@ -103,6 +123,7 @@ async def test_units_in_one_batch_fail_alone(
     assert outcomes[0] is True
     assert isinstance(outcomes[1], sa_exc.IntegrityError)
     assert _batches(engine) == batches + 1  # one hop wrote both units
+    assert _together(engine) == together  # rolled back, then one transaction each
     assert await _count(engine, second) == 1
 
 

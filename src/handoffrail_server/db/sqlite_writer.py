@@ -6,10 +6,11 @@ IMMEDIATE, the key lookup, the change, COMMIT) while every other request waited 
 the event loop sat idle between hops: a third of the time in `bench.calls` (issue 10, round 10).
 
 A unit whose only write is one change (a single create, claim or PATCH: `repository.Change.last`)
-does not take the turn. It hands its statements to this queue, which runs the waiting units'
-transactions in one hop to one connection's thread — for each: `BEGIN IMMEDIATE`, the
-statements, `COMMIT` — while the event loop serves other requests. Every unit is still its
-own transaction: one that fails rolls back alone and gets its own error; the others commit.
+does not take the turn. It hands its statements to this queue, which writes the units waiting
+at that moment in one hop to one connection's thread — `BEGIN IMMEDIATE`, their statements,
+`COMMIT` — while the event loop serves other requests. If any of them fails, the batch is rolled
+back and each unit runs again as a transaction of its own: one that fails gets its own error,
+the others commit. A unit's caller hears back only once its rows are committed.
 The queue takes the same turn as units of work for each batch (and checks its connection out
 of the pool before waiting for the turn, as units do), so queued and session writes never
 meet in SQLite's busy handler.
@@ -49,9 +50,24 @@ def _commit_one(connection: sqlite3.Connection, job: _Job) -> Exception | None:
     return None
 
 
-def _commit_all(connection: sqlite3.Connection, jobs: Sequence[_Job]) -> list[Exception | None]:
-    """In the connection's thread: each job as its own transaction, in order."""
-    return [_commit_one(connection, job) for job in jobs]
+def _commit_all(
+    connection: sqlite3.Connection, jobs: Sequence[_Job]
+) -> tuple[list[Exception | None], bool]:
+    """In the connection's thread: the jobs as one transaction — (outcomes, True) — or, when one
+    of them fails, each again as its own transaction, in order — (outcomes, False) — so that
+    each commits or fails alone either way. One commit for the batch writes the pages its jobs
+    share (the tables' last leaves, the indexes') to the WAL once instead of once per job."""
+    if len(jobs) > 1:
+        try:
+            fast_sqlite.run_begun(connection, [step for job in jobs for step in job.statements])
+            connection.execute("COMMIT")
+        except Exception:  # someone's failure: find whose, one transaction each
+            if connection.in_transaction:
+                connection.rollback()
+        else:
+            return [None] * len(jobs), True
+    outcomes = [_commit_one(connection, job) for job in jobs]
+    return outcomes, len(jobs) == 1 and outcomes[0] is None
 
 
 class WriteQueue:
@@ -63,6 +79,7 @@ class WriteQueue:
         self._waiting: list[_Job] = []
         self._drain: asyncio.Task[None] | None = None
         self.batches = 0  #: batches written (tests and benchmarks read it)
+        self.together = 0  #: of which committed as one transaction (no job failed)
 
     async def commit(self, statements: Sequence[fast_sqlite.Statement]) -> None:
         """Run `statements` as one transaction of their own; return once it committed.
@@ -95,7 +112,7 @@ class WriteQueue:
                     live = [job for job in jobs if not job.future.done()]
                     driver = raw.driver_connection
                     assert driver is not None
-                    outcomes = await driver._execute(_commit_all, driver._conn, live)
+                    outcomes, together = await driver._execute(_commit_all, driver._conn, live)
             finally:
                 await greenlet_spawn(raw.close)
         except Exception as error:  # no connection, or the hop itself failed
@@ -108,6 +125,7 @@ class WriteQueue:
                 job.future.cancel()
             raise
         self.batches += 1
+        self.together += together
         for job, outcome in zip(live, outcomes, strict=True):
             if job.future.done():
                 continue  # its waiter was cancelled while the batch ran
