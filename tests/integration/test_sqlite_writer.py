@@ -280,3 +280,24 @@ async def test_the_queue_does_not_keep_its_engine_alive(migrated_url: str) -> No
     del engine, session
     gc.collect()
     assert gone() is None
+
+
+async def test_a_unit_takes_the_turn_when_its_transaction_begins(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    lock = uow._writer_lock(engine)
+    assert lock is not None
+    async with unit_of_work(sessions) as session:
+        assert not lock.locked()  # opened: no turn yet
+        await session.execute(text("SELECT 1"))
+        assert lock.locked()  # began: BEGIN IMMEDIATE waited for the turn
+    assert not lock.locked()
+    with pytest.raises(RuntimeError, match="failed"):
+        await _begin_then_fail(sessions)
+    assert not lock.locked()  # given back when the unit fails too
+
+
+async def _begin_then_fail(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with unit_of_work(sessions) as session:
+        await session.execute(text("SELECT 1"))
+        raise RuntimeError("the request failed")
