@@ -10,6 +10,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
@@ -301,3 +302,19 @@ async def _begin_then_fail(sessions: async_sessionmaker[AsyncSession]) -> None:
     async with unit_of_work(sessions) as session:
         await session.execute(text("SELECT 1"))
         raise RuntimeError("the request failed")
+
+
+async def test_writers_hear_of_their_commit_even_if_the_connection_fails_on_return(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.util import greenlet_spawn as real
+
+    async def failing_return(function: Any) -> Any:
+        await real(function)
+        raise RuntimeError("the pool could not take the connection back")
+
+    monkeypatch.setattr(sqlite_writer, "greenlet_spawn", failing_return)
+    packet_id = uuid.uuid4()
+    assert await _write_alone(sessions, packet_id)  # committed: no error for the writer
+    monkeypatch.undo()
+    assert await _count(engine, packet_id) == 1

@@ -102,10 +102,10 @@ class WriteQueue:
     async def _write_batch(self) -> None:
         jobs, self._waiting = self._waiting, []
         try:
-            # the connection first, then the turn: whoever waits for the turn already has one
             engine = self._engine()
             if engine is None:
                 raise RuntimeError("the engine of this write queue is gone")
+            # the connection first, then the turn: whoever waits for the turn already has one
             raw = await engine.raw_connection()
             try:
                 async with self._turn:
@@ -113,20 +113,22 @@ class WriteQueue:
                     driver = raw.driver_connection
                     assert driver is not None
                     outcomes, together = await driver._execute(_commit_all, driver._conn, live)
+                self._settle(live, outcomes, together)  # answered before the connection's return
             finally:
                 await greenlet_spawn(raw.close)
-        except Exception as error:  # no connection, or the hop itself failed
+        except Exception as error:  # no connection, or the trip itself failed: nothing written
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(_translated(error))
-            return
         except BaseException:
             for job in jobs:
                 job.future.cancel()
             raise
+
+    def _settle(self, jobs: list[_Job], outcomes: list[Exception | None], together: bool) -> None:
         self.batches += 1
         self.together += together
-        for job, outcome in zip(live, outcomes, strict=True):
+        for job, outcome in zip(jobs, outcomes, strict=True):
             if job.future.done():
                 continue  # its waiter was cancelled while the batch ran
             if outcome is None:
