@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sqlite3
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from handoffrail_server.api.deps import AppState
+from handoffrail_server.db import engine as engine_module
 from handoffrail_server.db import fast, fast_sqlite, sqlite_writer, uow
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import Packet, Tenant
@@ -318,3 +321,33 @@ async def test_writers_hear_of_their_commit_even_if_the_connection_fails_on_retu
     assert await _write_alone(sessions, packet_id)  # committed: no error for the writer
     monkeypatch.undo()
     assert await _count(engine, packet_id) == 1
+
+
+async def test_a_locked_database_fails_the_batch_once(
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding SQLite's write lock past the busy timeout fails every unit of
+    the batch after one wait, not one wait per unit; the queue works again afterwards."""
+    monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    engine = create_engine(migrated_url)
+    try:
+        sessions = create_sessionmaker(engine)
+        async with unit_of_work(sessions) as session:
+            session.add(Tenant(id="t1", name="t1", created_at=NOW, updated_at=NOW))
+        other = sqlite3.connect(migrated_url.split("///", 1)[1], isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's writer
+        try:
+            started = time.perf_counter()
+            outcomes = await asyncio.gather(
+                *(_write_alone(sessions, uuid.uuid4()) for _ in range(10)),
+                return_exceptions=True,
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            other.rollback()
+            other.close()
+        assert all(isinstance(outcome, sa_exc.OperationalError) for outcome in outcomes)
+        assert elapsed < 2.0  # one busy timeout (0.3 s), not eleven
+        assert await _write_alone(sessions, uuid.uuid4())
+    finally:
+        await engine.dispose()

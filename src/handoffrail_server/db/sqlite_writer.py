@@ -8,9 +8,11 @@ the event loop sat idle between hops: a third of the time in `bench.calls` (issu
 A unit whose only write is one change (a single create, claim or PATCH: `repository.Change.last`)
 does not take the turn. It hands its statements to this queue, which writes the units waiting
 at that moment in one hop to one connection's thread — `BEGIN IMMEDIATE`, their statements,
-`COMMIT` — while the event loop serves other requests. If any of them fails, the batch is rolled
-back and each unit runs again as a transaction of its own: one that fails gets its own error,
-the others commit. A unit's caller hears back only once its rows are committed.
+`COMMIT` — while the event loop serves other requests. If one unit's rows fail (a constraint,
+a value refused), the batch is rolled back and each unit runs again as a transaction of its
+own: that one gets its own error, the others commit. A failure of the database itself (locked
+by another process past the busy timeout, I/O, disk full) fails the whole batch at once rather
+than waiting again for each unit. A unit's caller hears back only once its rows are committed.
 The queue takes the same turn as units of work for each batch (and checks its connection out
 of the pool before waiting for the turn, as units do), so queued and session writes never
 meet in SQLite's busy handler.
@@ -50,20 +52,38 @@ def _commit_one(connection: sqlite3.Connection, job: _Job) -> Exception | None:
     return None
 
 
+#: failures that one unit's rows cause (a constraint, a value SQLite or the driver refuses): the
+#: batch is retried one unit at a time; any other failure is the database's and fails them all
+_ONE_UNITS_FAULT = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    TypeError,
+    ValueError,
+    OverflowError,
+)
+
+
 def _commit_all(
     connection: sqlite3.Connection, jobs: Sequence[_Job]
 ) -> tuple[list[Exception | None], bool]:
     """In the connection's thread: the jobs as one transaction — (outcomes, True) — or, when one
-    of them fails, each again as its own transaction, in order — (outcomes, False) — so that
-    each commits or fails alone either way. One commit for the batch writes the pages its jobs
-    share (the tables' last leaves, the indexes') to the WAL once instead of once per job."""
+    of them fails for its rows, each again as its own transaction, in order — (outcomes, False)
+    — so that each commits or fails alone either way. One commit for the batch writes the
+    pages its jobs share (the tables' last leaves, the indexes') to the WAL once instead of
+    once per job."""
     if len(jobs) > 1:
         try:
             fast_sqlite.run_begun(connection, [step for job in jobs for step in job.statements])
             connection.execute("COMMIT")
-        except Exception:  # someone's failure: find whose, one transaction each
+        except _ONE_UNITS_FAULT:  # someone's rows: find whose, one transaction each
             if connection.in_transaction:
                 connection.rollback()
+        except Exception as error:  # the database's (locked past the busy timeout, I/O, full):
+            if connection.in_transaction:  # every unit's, and trying each would wait again
+                connection.rollback()
+            return [error] * len(jobs), False
         else:
             return [None] * len(jobs), True
     outcomes = [_commit_one(connection, job) for job in jobs]
