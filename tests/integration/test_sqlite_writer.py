@@ -23,10 +23,10 @@ from handoffrail_server.api.deps import AppState
 from handoffrail_server.db import engine as engine_module
 from handoffrail_server.db import fast, fast_sqlite, sqlite_writer, uow
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
-from handoffrail_server.db.models import Packet, Tenant
-from handoffrail_server.db.rows import transient
+from handoffrail_server.db.models import Tenant
 from handoffrail_server.db.uow import unit_of_work
 from tests.conftest import Api, packet_body
+from tests.integration.test_fast_sqlite import _packet
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -50,32 +50,9 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return create_sessionmaker(engine)
 
 
-def _packet(packet_id: uuid.UUID) -> Packet:
-    return transient(
-        Packet,
-        id=packet_id,
-        tenant_id="t1",
-        version="1.0.0",
-        status="created",
-        priority="medium",
-        priority_rank=1,
-        source_agent_id="a",
-        target_agent_id="b",
-        packet_metadata={"priority": "medium"},
-        context={"summary": "s", "conversation_state": []},
-        decisions=[],
-        actions={"completed": [], "pending": [], "blocked": []},
-        dependencies=[],
-        search_text="s",
-        row_version=1,
-        created_at=NOW,
-        updated_at=NOW,
-    )
-
-
 async def _write_alone(sessions: async_sessionmaker[AsyncSession], packet_id: uuid.UUID) -> bool:
     async with unit_of_work(sessions) as session:
-        statement = fast_sqlite.insert_statement(session, [_packet(packet_id)])
+        statement = fast_sqlite.insert_statement(session, [_packet(id=packet_id)])
         return await uow.commit_alone(session, [statement])
 
 
@@ -138,7 +115,7 @@ async def test_a_transaction_after_the_queued_write_is_refused(
 
     async def write_then_read() -> None:
         async with unit_of_work(sessions) as session:
-            statement = fast_sqlite.insert_statement(session, [_packet(packet_id)])
+            statement = fast_sqlite.insert_statement(session, [_packet(id=packet_id)])
             assert await uow.commit_alone(session, [statement])
             await session.execute(text("SELECT 1"))
 
@@ -152,7 +129,7 @@ async def test_queued_writes_wait_for_the_unit_holding_the_turn(
 ) -> None:
     held, queued = uuid.uuid4(), uuid.uuid4()
     async with unit_of_work(sessions) as session:
-        await fast_sqlite.insert(session, await fast_sqlite.connection(session), [_packet(held)])
+        await fast_sqlite.insert(session, await fast_sqlite.connection(session), [_packet(id=held)])
         writer = asyncio.create_task(_write_alone(sessions, queued))
         await asyncio.sleep(0.2)
         assert not writer.done()  # waits for the turn, not in SQLite's busy handler
@@ -184,7 +161,7 @@ async def test_a_unit_that_began_writes_in_its_own_transaction(
     async def read_write_then_fail() -> None:
         async with unit_of_work(sessions) as session:
             await session.execute(text("SELECT 1"))
-            statement = fast_sqlite.insert_statement(session, [_packet(packet_id)])
+            statement = fast_sqlite.insert_statement(session, [_packet(id=packet_id)])
             assert not await uow.commit_alone(session, [statement])
             await fast_sqlite.run(await fast_sqlite.connection(session), [statement])
             raise RuntimeError("undo")

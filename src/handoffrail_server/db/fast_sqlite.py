@@ -89,29 +89,29 @@ class Statement:
     parameters: Sequence[tuple[Any, ...]] = ((),)
 
 
+def _bound_row(
+    row: dict[str, Any],
+    keys: tuple[str, ...],
+    processors: tuple[Callable[[Any], Any] | None, ...],
+) -> tuple[Any, ...]:
+    return tuple(
+        process(row[key]) if process is not None and row[key] is not None else row[key]
+        for key, process in zip(keys, processors, strict=True)
+    )
+
+
 def insert_statement(session: AsyncSession, objects: Sequence[Base]) -> Statement:
     """The INSERT of transient ORM objects of one model (unset columns: their default)."""
     model = type(objects[0])
     keys, rows = rows_of(objects)
     processors = _processors(model, session.get_bind().dialect, keys)
-    parameters = [
-        tuple(
-            process(row[key]) if process is not None and row[key] is not None else row[key]
-            for key, process in zip(keys, processors, strict=True)
-        )
-        for row in rows
-    ]
-    return Statement(_insert_sql(model, keys), parameters)
+    return Statement(_insert_sql(model, keys), [_bound_row(row, keys, processors) for row in rows])
 
 
 def bound(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> tuple[Any, ...]:
     """`values` (column key → value) as the columns' bind processors pass them to SQLite."""
     keys = tuple(values)
-    processors = _processors(model, session.get_bind().dialect, keys)
-    return tuple(
-        process(values[key]) if process is not None and values[key] is not None else values[key]
-        for key, process in zip(keys, processors, strict=True)
-    )
+    return _bound_row(values, keys, _processors(model, session.get_bind().dialect, keys))
 
 
 async def read_outside(session: AsyncSession, sql: str, parameters: tuple[Any, ...]) -> list[Any]:

@@ -109,13 +109,14 @@ class Change:
 
 async def write_change(session: AsyncSession, change: Change) -> bool:
     """Write a change in the caller's transaction; True when the caller must still fan the
-    webhook event out (an endpoint of the tenant may want it).
+    webhook event out (never today: both backends write the outbox rows with the change).
 
     PostgreSQL: one statement (data-modifying CTEs: packet, tags, event, stream event, one
-    outbox row per subscribed endpoint) instead of six round trips; it never leaves a fan-out
-    to the caller. A `last` change of a unit of work that has not written yet runs without
-    BEGIN/COMMIT. SQLite: the same statements one after another in one hop to the driver's
-    thread, with the subscribed-webhook lookup as its query.
+    outbox row per subscribed endpoint) instead of six round trips. A `last` change of a unit of
+    work that has not written yet runs without BEGIN/COMMIT. SQLite: the same statements (the
+    outbox rows as one INSERT … SELECT) one after another in one hop to the driver's thread;
+    a `last` change of a unit that has not begun goes through the write queue
+    (`db.sqlite_writer`).
     """
     driver = await fast.connection(session, last=change.last)
     if driver is None:
@@ -148,22 +149,14 @@ async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
             writes.append(fast_sqlite.insert_statement(session, tag_rows))
     writes.append(fast_sqlite.insert_statement(session, [change.event]))
     writes.append(stream_log.sqlite_insert(session, change.stream_event))
-    if change.last:
-        alone = list(writes)
-        if change.webhook is not None:
-            alone.append(
-                webhook_rows.sqlite_fan_out(session, change.event.tenant_id, change.webhook)
-            )
-        if await uow.commit_alone(session, alone):
-            return False
+    if change.webhook is not None:
+        writes.append(webhook_rows.sqlite_fan_out(session, change.event.tenant_id, change.webhook))
+    if change.last and await uow.commit_alone(session, writes):
+        return False
     lite = await fast_sqlite.connection(session)
     assert lite is not None  # PostgreSQL or SQLite
-    if change.webhook is None:
-        await fast_sqlite.run(lite, writes)
-        return False
-    query = webhook_rows.sqlite_subscribed_events(change.event.tenant_id)
-    rows = await fast_sqlite.run(lite, writes, query)
-    return webhook_rows.sqlite_wants(rows, change.webhook.event_type)
+    await fast_sqlite.run(lite, writes)
+    return False
 
 
 _GET = (

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,9 +42,6 @@ async def endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoi
 _ACTIVE_ENDPOINTS = select(WebhookEndpoint).where(
     WebhookEndpoint.tenant_id == bindparam("tenant_id"), WebhookEndpoint.active.is_(True)
 )
-
-
-_SQLITE_SUBSCRIBED_EVENTS_SQL = "SELECT events FROM webhook_endpoint WHERE tenant_id = ? AND active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +105,8 @@ _SQLITE_FAN_OUT_SQL = (
 def sqlite_fan_out(
     session: AsyncSession, tenant_id: str, event: PacketWebhook
 ) -> fast_sqlite.Statement:
-    """SQLite: the outbox rows of `event` as one INSERT … SELECT (`pg_fan_out`'s twin), for a
-    change committed in one piece (`db.sqlite_writer`)."""
+    """SQLite: the outbox rows of `event` as one INSERT … SELECT (`pg_fan_out`'s twin), written
+    with the change's own statements (it inserts nothing when no endpoint subscribes)."""
     values = fast_sqlite.bound(
         session,
         WebhookDelivery,
@@ -125,25 +121,6 @@ def sqlite_fan_out(
         },
     )
     return fast_sqlite.Statement(_SQLITE_FAN_OUT_SQL, [(*values, tenant_id, event.event_type)])
-
-
-def sqlite_subscribed_events(tenant_id: str) -> fast_sqlite.Statement:
-    """SQLite: the event lists of the tenant's active endpoints (read by `sqlite_wants`)."""
-    return fast_sqlite.Statement(_SQLITE_SUBSCRIBED_EVENTS_SQL, [(tenant_id,)])
-
-
-def wants(rows: Iterable[Any], event_type: str) -> bool:
-    """True when one of the rows (an `events` list each) subscribes to `event_type`."""
-    for row in rows:
-        events = row["events"]
-        if event_type in (json.loads(events) if isinstance(events, str) else events):
-            return True
-    return False
-
-
-def sqlite_wants(rows: Iterable[Any], event_type: str) -> bool:
-    """`wants` for the plain tuples of a SQLite `sqlite_subscribed_events` query."""
-    return wants(({"events": row[0]} for row in rows), event_type)
 
 
 async def active_endpoints(session: AsyncSession, tenant_id: str) -> list[WebhookEndpoint]:
