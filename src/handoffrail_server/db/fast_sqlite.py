@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.util import await_, greenlet_spawn
 
+from handoffrail_server.db import sqlite_reader
 from handoffrail_server.db.base import Base
 from handoffrail_server.db.fast import rows_of
 
@@ -115,9 +116,10 @@ def bound(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> t
 
 
 async def read_outside(session: AsyncSession, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
-    """The rows of a read, outside the session's transaction when it has not begun one (a
-    pooled connection of its own, one hop, no `BEGIN IMMEDIATE` and so no writer's turn:
-    `db.uow`); inside it otherwise, where it sees the transaction's own writes."""
+    """The rows of a read, outside the session's transaction when it has not begun one (on
+    the event loop's thread: `db.sqlite_reader`; else a pooled connection of its own, one hop;
+    no `BEGIN IMMEDIATE` either way, and so no writer's turn: `db.uow`); inside it otherwise,
+    where it sees the transaction's own writes."""
     engine = session.bind
     if session.in_transaction() or not isinstance(engine, AsyncEngine):
         lite = await connection(session)
@@ -125,6 +127,9 @@ async def read_outside(session: AsyncSession, sql: str, parameters: tuple[Any, .
         with translating():
             rows: list[Any] = await lite.execute_fetchall(sql, parameters)
         return rows
+    inline = sqlite_reader.read(engine, sql, parameters)
+    if inline is not None:
+        return inline
     raw = await engine.raw_connection()
     try:
         driver = raw.driver_connection
