@@ -1,4 +1,5 @@
-"""`fast.together` (several statements become one, placeholders renumbered) and `dump_json`."""
+"""`fast.together` (several statements become one, placeholders renumbered), `dump_json` and
+`load_json`."""
 
 from __future__ import annotations
 
@@ -48,3 +49,35 @@ def test_without_writes_the_query_is_unchanged() -> None:
 )
 def test_dump_json_round_trips_what_json_would(value: object) -> None:
     assert json.loads(fast.dump_json(value)) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"summary": "Ünï ☃", "n": [1, -2, 3.5, 0.1, -0.0, 1e-7, 9223372036854775807]}',
+        "1180591620717411303424",  # 2**70: orjson would read a float
+        "-9223372036854775809",  # just below int64
+        "18446744073709551616",  # 2**64
+        '{"id": "0123456789012345678901234567890"}',  # long digits in a string: json, same value
+        "1" + "0" * 400,  # how PostgreSQL writes 1e400 back
+        "1e400",  # beyond a double: json reads inf, orjson refuses
+        '"\\ud800"',  # a lone surrogate: orjson refuses
+        '[true, false, null, {"a": {}}, []]',
+    ],
+)
+def test_load_json_reads_what_json_reads(text: str) -> None:
+    expected = json.loads(text)
+    loaded = fast.load_json(text)
+    assert loaded == expected
+    assert type(loaded) is type(expected)
+    assert fast.load_json(text.encode()) == expected
+
+
+def test_load_json_reads_text_holding_a_lone_surrogate_itself() -> None:
+    assert fast.load_json('["\ud800"]') == ["\ud800"]
+
+
+def test_load_json_keeps_integer_types_inside_documents() -> None:
+    loaded = fast.load_json('{"a": [18446744073709551615, 2], "b": 12345678901234567890123}')
+    assert loaded == {"a": [18446744073709551615, 2], "b": 12345678901234567890123}
+    assert all(type(number) is int for number in (*loaded["a"], loaded["b"]))

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.pool import PoolResetState
 
 from handoffrail_server.db import fast_sqlite
-from handoffrail_server.db.fast import dump_json
+from handoffrail_server.db.fast import dump_json, load_json
 from handoffrail_server.db.uow import limit_connections, take_turn
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -54,6 +54,7 @@ def create_engine(
             hide_parameters=True,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             json_serializer=dump_json,  # orjson: the packet documents are most of a write
+            json_deserializer=load_json,  # and of a read
             pool_reset_on_return=None,  # the `reset` event below rolls back only when needed
         )
         _configure_sqlite(engine)
@@ -78,6 +79,7 @@ def create_engine(
         pool_pre_ping=pre_ping,
         connect_args=connect_args,
         json_serializer=dump_json,
+        json_deserializer=load_json,
     )
     limit_connections(engine, pool_size, pool_timeout)
     return engine

@@ -277,12 +277,35 @@ def _insert_sql(model: type[Base], keys: tuple[str, ...], count: int = 1) -> str
 
 def dump_json(value: Any) -> str:
     """JSON text of a JSON-typed value: orjson (several times faster than `json` on the packet
-    documents), or `json` for what orjson refuses, such as integers beyond 64 bits. (Reading
-    stays with `json.loads`: orjson would turn such integers into floats.)"""
+    documents), or `json` for what orjson refuses, such as integers beyond 64 bits."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:
         return json.dumps(value)
+
+
+#: ASCII digits → "0", every other byte → " " (UTF-8 puts no ASCII byte inside a character)
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+#: 19 digits in a row: perhaps an integer beyond 64 bits, which orjson would read as a float
+_LONG_RUN = b"0" * 19
+
+
+def load_json(text: str | bytes) -> Any:
+    """The value of a JSON column's text, as `json.loads` reads it: orjson (twice as fast on
+    the packet documents, scan included), but `json` for what orjson reads differently or
+    refuses: integers beyond 64 bits (orjson makes them floats; any run of 19 digits is taken
+    for one, found by two C-speed passes rather than a regex, which costs more than `json`),
+    lone surrogates, numbers beyond a double's range."""
+    try:
+        raw = text.encode() if isinstance(text, str) else text
+    except UnicodeEncodeError:  # a lone surrogate in the text itself
+        return json.loads(text)
+    if _LONG_RUN not in raw.translate(_DIGITS_ONLY):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def json_size(value: Any) -> int:
