@@ -3,6 +3,9 @@ session's transaction and savepoints, and fail with SQLAlchemy's error classes."
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -10,14 +13,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from handoffrail_server.db import fast_sqlite
+from handoffrail_server.db import fast, fast_sqlite
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import Packet, PacketEvent, PacketTag, Tenant
 from handoffrail_server.db.rows import insert_rows, transient
 from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.packets import repository
 from tests.conftest import Api, packet_body
 
 NOW = datetime(2026, 11, 26, 4, 30, 1, 123456, tzinfo=UTC)
@@ -283,3 +287,130 @@ async def test_json_columns_are_written_by_orjson_with_a_fallback(
         loaded = await session.get(Packet, big.id)
         assert loaded is not None
         assert loaded.packet_metadata == {"n": 2**70}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_unit_cancelled_while_its_begin_waits_leaves_no_write_lock_behind(
+    migrated_url: str,
+) -> None:
+    """The BEGIN IMMEDIATE of a cancelled unit still runs in the driver's thread once the lock
+    is free; the rollback queued behind it lets the next writer in at once (it used to hold
+    SQLite's write lock from the pool until that connection was used again)."""
+    engine = create_engine(migrated_url)
+    sessions = create_sessionmaker(engine)
+    path = make_url(migrated_url).database
+    assert path
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(10)
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+
+    async def unit() -> None:
+        async with unit_of_work(sessions) as session:
+            await session.execute(text("SELECT 1"))  # begins: waits for the lock in the thread
+
+    holder = threading.Thread(target=hold_the_write_lock, daemon=True)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        task = asyncio.create_task(unit())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+        await asyncio.sleep(0.3)  # the BEGIN, and what was queued behind it, ran in the thread
+        writer = sqlite3.connect(path, timeout=1, isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # "database is locked" after 1 s if still held
+            writer.execute("ROLLBACK")
+        finally:
+            writer.close()
+    finally:
+        release.set()
+        await engine.dispose()
+
+
+def _columns(packet: Packet) -> dict[str, Any]:
+    return {attribute: getattr(packet, attribute) for attribute, _, _ in fast.read_columns(Packet)}
+
+
+async def test_raw_reads_and_compare_and_sets_give_what_the_orm_reads(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """`repository.get` and `compare_and_set` on SQLite read raw rows through the column types'
+    result processors: every value (UUIDs, aware datetimes, JSON with a 2**70, NULLs) and its
+    type as SQLAlchemy's ORM reads the same row."""
+    stored = _packet(hitl=None, expires_at=NOW, claimed_at=None)
+    async with unit_of_work(sessions) as session:
+        await insert_rows(session, stored)
+    async with unit_of_work(sessions) as session:
+        raw = await repository.get(session, "t1", stored.id)
+        assert raw is not None
+        assert await repository.get(session, "t2", stored.id) is None  # another tenant's
+        assert await repository.get(session, "t1", uuid.uuid4()) is None
+    async with unit_of_work(sessions) as session:
+        orm = await session.get(Packet, stored.id)
+        assert orm is not None
+        expected = _columns(orm)
+    assert _columns(raw) == expected
+    assert {k: type(v) for k, v in _columns(raw).items()} == {
+        k: type(v) for k, v in expected.items()
+    }
+    changed = {"status": "claimed", "claimed_at": NOW, "packet_metadata": {"n": 2**70}}
+    async with unit_of_work(sessions) as session:
+        assert (
+            await repository.compare_and_set(
+                session, raw, changed, allowed_statuses=["in_progress"]
+            )
+            is None
+        )  # not from that status
+        updated = await repository.compare_and_set(
+            session, raw, changed, allowed_statuses=["created"]
+        )
+        assert updated is not None
+        assert await repository.compare_and_set(session, raw, changed) is None  # stale version
+    async with unit_of_work(sessions) as session:
+        orm = await session.get(Packet, stored.id)
+        assert orm is not None
+        assert _columns(updated) == _columns(orm)
+        assert orm.row_version == 2
+        assert orm.packet_metadata == {"n": 2**70}
+        assert orm.claimed_at == NOW
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_claim_and_a_patch_take_three_trips_to_a_driver_thread(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiosqlite
+
+    _tenant, key = await api.new_tenant_admin("business")
+    headers = api.headers(key)
+    for _ in range(2):  # the agents registered, then remembered as registered
+        created = await api.client.post("/api/v1/packets", json=packet_body(), headers=headers)
+        assert created.status_code == 201, created.text
+    packet_id = created.json()["id"]
+    hops = _count_calls(monkeypatch, aiosqlite.Connection, "_execute")
+    target = created.json()["metadata"]["target_agent"]  # registered and remembered: no write
+    claim = {"agent_id": target["id"], "agent_name": target["name"]}
+    claimed = await api.client.post(
+        f"/api/v1/packets/{packet_id}/claim", json=claim, headers=headers
+    )
+    assert claimed.status_code == 200, claimed.text
+    patched = await api.client.patch(
+        f"/api/v1/packets/{packet_id}", json={"status": "in_progress"}, headers=headers
+    )
+    assert patched.status_code == 200, patched.text
+    # each: the packet read on the event loop's thread (db.sqlite_reader), then BEGIN
+    # IMMEDIATE, the compare-and-set with its history, stream and outbox rows, COMMIT
+    step = ["_begin_immediate", "_run_if_changed", "commit"]
+    assert hops == step + step

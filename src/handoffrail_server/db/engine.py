@@ -48,6 +48,16 @@ def create_engine(
     packet contents and key hashes. `statement_cache_size` None: the configured one."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        pool: dict[str, Any] = {}
+        if parsed.database not in (None, "", ":memory:") and "memory" not in str(parsed):
+            # a file: each connection is a thread of aiosqlite's, and one opened and closed per
+            # request beyond the pool (SQLAlchemy's default of 5) costs more than the request
+            # (an in-memory database has one connection, SQLAlchemy's StaticPool)
+            pool = {
+                "pool_size": pool_size,
+                "max_overflow": max_overflow,
+                "pool_timeout": pool_timeout,
+            }
         engine = create_async_engine(
             parsed,
             echo=echo,
@@ -56,6 +66,7 @@ def create_engine(
             json_serializer=dump_json,  # orjson: the packet documents are most of a write
             json_deserializer=load_json,  # and of a read
             pool_reset_on_return=None,  # the `reset` event below rolls back only when needed
+            **pool,
         )
         _configure_sqlite(engine)
         return engine

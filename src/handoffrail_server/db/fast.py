@@ -441,6 +441,11 @@ def _read_columns(model: type[Base]) -> tuple[tuple[str, str, str], ...]:
     return tuple(columns)
 
 
+def read_columns(model: type[Base]) -> tuple[tuple[str, str, str], ...]:
+    """(attribute, column, kind) of every mapped column, in `select_list` order."""
+    return _read_columns(model)
+
+
 def select_list(model: type[Base]) -> str:
     """The column list (mapped columns only) for raw SELECT / RETURNING of `model`."""
     return ", ".join(column for _attribute, column, _kind in _read_columns(model))
@@ -453,7 +458,7 @@ def to_model(model: type[Base], record: Any) -> Any:
         value = record[column]
         if value is not None:
             if kind == "json" and isinstance(value, str):
-                value = json.loads(value)
+                value = load_json(value)
             elif kind == "uuid" and not isinstance(value, uuid.UUID):
                 value = uuid.UUID(str(value))
         values[attribute] = value

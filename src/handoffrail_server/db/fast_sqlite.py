@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import Table
@@ -31,7 +31,8 @@ from sqlalchemy.util import await_, greenlet_spawn
 
 from handoffrail_server.db import sqlite_reader
 from handoffrail_server.db.base import Base
-from handoffrail_server.db.fast import rows_of
+from handoffrail_server.db.fast import read_columns, rows_of
+from handoffrail_server.db.rows import transient
 
 
 async def connection(session: AsyncSession) -> Any | None:
@@ -109,6 +110,34 @@ def insert_statement(session: AsyncSession, objects: Sequence[Base]) -> Statemen
     return Statement(_insert_sql(model, keys), [_bound_row(row, keys, processors) for row in rows])
 
 
+@cache
+def _result_processors(
+    model: type[Base], dialect: Dialect
+) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    table = model.__table__
+    assert isinstance(table, Table)
+    types = (
+        (attribute, table.columns[column].type) for attribute, column, _ in read_columns(model)
+    )
+    return tuple(
+        (attribute, kind.dialect_impl(dialect).result_processor(dialect, None))
+        for attribute, kind in types
+    )
+
+
+def to_model(session: AsyncSession, model: type[Base], row: Sequence[Any]) -> Any:
+    """A transient `model` instance from a raw row selected with `fast.select_list(model)`,
+    each value through its column type's result processor (as SQLAlchemy reads it)."""
+    processors = _result_processors(model, session.get_bind().dialect)
+    return transient(
+        model,
+        **{
+            attribute: value if process is None or value is None else process(value)
+            for (attribute, process), value in zip(processors, row, strict=True)
+        },
+    )
+
+
 def bound(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> tuple[Any, ...]:
     """`values` (column key → value) as the columns' bind processors pass them to SQLite."""
     keys = tuple(values)
@@ -167,6 +196,23 @@ async def run(
     return rows
 
 
+def _run_if_changed(
+    connection: sqlite3.Connection, change: Statement, writes: Sequence[Statement]
+) -> list[Any]:
+    rows = connection.execute(change.sql, change.parameters[0]).fetchall()
+    if rows:
+        _run_in_thread(connection, writes, None)
+    return rows
+
+
+async def run_if_changed(driver: Any, change: Statement, writes: Sequence[Statement]) -> list[Any]:
+    """`change` (an UPDATE … RETURNING), then `writes` only if it returned rows, in one hop to
+    the connection's thread; the rows it returned (none: it matched nothing, nothing written)."""
+    with translating():
+        rows: list[Any] = await driver._execute(_run_if_changed, driver._conn, change, writes)
+    return rows
+
+
 async def insert(session: AsyncSession, driver: Any, objects: Sequence[Base]) -> None:
     """INSERT transient ORM objects of one model in one call (unset columns: their default)."""
     if objects:
@@ -185,12 +231,29 @@ def run_begun(connection: sqlite3.Connection, writes: Sequence[Statement]) -> No
     _run_in_thread(connection, writes, None)
 
 
+def _rollback_if_open(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.rollback()
+
+
 def begin_immediate(adapted: Any) -> None:
     """`BEGIN IMMEDIATE` on SQLAlchemy's aiosqlite connection adapter, from its `begin` event
-    (sync code in SQLAlchemy's greenlet): one hop instead of three (cursor, execute, close)."""
+    (sync code in SQLAlchemy's greenlet): one hop instead of three (cursor, execute, close).
+
+    A caller cancelled (or failed) while the BEGIN waits in the connection's thread (for the
+    write lock of another process, say) leaves it to run there after the connection went back
+    to the pool, holding SQLite's write lock in the pool until that connection is used again,
+    and every other writer waits for it until its busy timeout. So a rollback is queued right
+    behind it, without waiting: the thread runs its calls in order, so it comes after that
+    BEGIN and before whatever the connection's next user asks."""
     driver = adapted._connection  # the aiosqlite connection inside the adapter
-    with translating():
-        await_(driver._execute(_begin_immediate, driver._conn))
+    try:
+        with translating():
+            await_(driver._execute(_begin_immediate, driver._conn))
+    except BaseException:
+        if driver._connection is not None:  # still open: its thread runs what is queued
+            driver._tx.put_nowait((None, partial(_rollback_if_open, driver._conn)))
+        raise
 
 
 def needs_rollback(adapted: Any) -> bool:

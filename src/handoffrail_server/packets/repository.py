@@ -18,7 +18,6 @@ from sqlalchemy import (
     Integer,
     Select,
     and_,
-    bindparam,
     delete,
     exists,
     func,
@@ -27,7 +26,6 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.db import fast, fast_sqlite, uow
@@ -136,7 +134,8 @@ async def write_change(session: AsyncSession, change: Change) -> bool:
     return False
 
 
-async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
+def _sqlite_writes(session: AsyncSession, change: Change) -> list[fast_sqlite.Statement]:
+    """The statements of `change` on SQLite, in order."""
     writes: list[fast_sqlite.Statement] = []
     if change.created is not None:
         packet = change.created
@@ -151,19 +150,17 @@ async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
     writes.append(stream_log.sqlite_insert(session, change.stream_event))
     if change.webhook is not None:
         writes.append(webhook_rows.sqlite_fan_out(session, change.event.tenant_id, change.webhook))
+    return writes
+
+
+async def _write_change_sqlite(session: AsyncSession, change: Change) -> bool:
+    writes = _sqlite_writes(session, change)
     if change.last and await uow.commit_alone(session, writes):
         return False
     lite = await fast_sqlite.connection(session)
     assert lite is not None  # PostgreSQL or SQLite
     await fast_sqlite.run(lite, writes)
     return False
-
-
-_GET = (
-    select(Packet)
-    .where(Packet.id == bindparam("packet_id"), Packet.tenant_id == bindparam("tenant_id"))
-    .execution_options(populate_existing=True)
-)
 
 
 async def get(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> Packet | None:
@@ -178,8 +175,18 @@ async def get(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> Pa
         async with fast.translated(session):
             record = await driver.fetchrow(sql, packet_id, tenant_id)
         return None if record is None else fast.to_model(Packet, record)
-    result = await session.execute(_GET, {"packet_id": packet_id, "tenant_id": tenant_id})
-    return result.scalar_one_or_none()
+    # SQLite: one read, outside the unit's transaction (on the event loop's thread) when it
+    # has not begun one, as PostgreSQL reads before its BEGIN: the compare-and-set that may
+    # follow checks the row version, so a read before the writer's turn is as good
+    parameters = fast_sqlite.bound(session, Packet, {"id": packet_id, "tenant_id": tenant_id})
+    rows = await fast_sqlite.read_outside(session, _sqlite_get_sql(), parameters)
+    return fast_sqlite.to_model(session, Packet, rows[0]) if rows else None
+
+
+@cache
+def _sqlite_get_sql() -> str:
+    columns = fast.select_list(Packet)
+    return f"SELECT {columns} FROM packet WHERE id = ? AND tenant_id = ?"  # noqa: S608  # nosec B608 - model identifiers, bound values
 
 
 async def compare_and_set(
@@ -196,18 +203,44 @@ async def compare_and_set(
     driver = await fast.connection(session)
     if driver is not None:
         return await _compare_and_set_pg(session, driver, packet, values, allowed_statuses)
-    conditions = [Packet.id == packet.id, Packet.row_version == packet.row_version]
+    updated, _ = await _change_if_unchanged_sqlite(session, packet, values, [], allowed_statuses)
+    return updated
+
+
+def _sqlite_cas_statement(
+    session: AsyncSession,
+    packet: Packet,
+    values: dict[str, Any],
+    allowed_statuses: Sequence[str] | None,
+) -> fast_sqlite.Statement:
+    """`_cas_statement` on SQLite: values through their columns' bind processors."""
+    columns = {fast.column_of(Packet, attribute)[0]: value for attribute, value in values.items()}
+    assignments = ", ".join(f"{column} = ?" for column in columns)
+    where = "id = ? AND row_version = ?"
+    statuses = tuple(allowed_statuses or ())
     if allowed_statuses is not None:
-        conditions.append(Packet.status.in_(list(allowed_statuses)))
-    statement = (
-        sql_update(Packet)
-        .where(*conditions)
-        .values(**values, row_version=Packet.row_version + 1)
-        .returning(Packet)
-        .execution_options(populate_existing=True, synchronize_session=False)
-    )
-    result = await session.execute(statement)
-    return result.scalar_one_or_none()
+        where += f" AND status IN ({', '.join('?' for _ in statuses) or 'NULL'})"
+    key = fast_sqlite.bound(session, Packet, {"id": packet.id, "row_version": packet.row_version})
+    arguments = (*fast_sqlite.bound(session, Packet, columns), *key, *statuses)
+    returning = fast.select_list(Packet)
+    sql = f"UPDATE packet SET {assignments}, row_version = row_version + 1 WHERE {where} RETURNING {returning}"  # noqa: S608, E501  # nosec B608 - model identifiers, bound values
+    return fast_sqlite.Statement(sql, [arguments])
+
+
+async def _change_if_unchanged_sqlite(
+    session: AsyncSession,
+    packet: Packet,
+    values: dict[str, Any],
+    writes: Sequence[fast_sqlite.Statement],
+    allowed_statuses: Sequence[str] | None,
+) -> tuple[Packet | None, bool]:
+    """The compare-and-set, then `writes` only if it won, in one hop to the connection's thread
+    inside the unit's transaction (begun here if it was not)."""
+    lite = await fast_sqlite.connection(session)
+    assert lite is not None  # SQLite
+    cas = _sqlite_cas_statement(session, packet, values, allowed_statuses)
+    rows = await fast_sqlite.run_if_changed(lite, cas, writes)
+    return (fast_sqlite.to_model(session, Packet, rows[0]) if rows else None), False
 
 
 def applied(packet: Packet, values: dict[str, Any]) -> Packet:
@@ -233,10 +266,10 @@ async def change_if_unchanged(
     assert change.created is None, "a compare-and-set changes an existing packet"
     driver = await fast.connection(session, last=change.last)
     if driver is None:
-        updated = await compare_and_set(session, packet, values, allowed_statuses=allowed_statuses)
-        if updated is None:
-            return None, False
-        return updated, await write_change(session, change)
+        lite_writes = _sqlite_writes(session, change)
+        return await _change_if_unchanged_sqlite(
+            session, packet, values, lite_writes, allowed_statuses
+        )
     cas = _cas_statement(packet, values, allowed_statuses)
     writes = [
         cas,
