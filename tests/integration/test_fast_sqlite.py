@@ -414,3 +414,27 @@ async def test_a_claim_and_a_patch_take_three_trips_to_a_driver_thread(
     # IMMEDIATE, the compare-and-set with its history, stream and outbox rows, COMMIT
     step = ["_begin_immediate", "_run_if_changed", "commit"]
     assert hops == step + step
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_claim_next_takes_four_trips_to_a_driver_thread(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiosqlite
+
+    _tenant, key = await api.new_tenant_admin("business")
+    headers = api.headers(key)
+    for _ in range(2):  # the agents registered, then remembered as registered
+        created = await api.client.post("/api/v1/packets", json=packet_body(), headers=headers)
+        assert created.status_code == 201, created.text
+    target = created.json()["metadata"]["target_agent"]
+    hops = _count_calls(monkeypatch, aiosqlite.Connection, "_execute")
+    claimed = await api.client.post(
+        "/api/v1/packets/claim-next",
+        json={"agent_id": target["id"], "agent_name": target["name"], "tags": []},
+        headers=headers,
+    )
+    assert claimed.status_code == 200, claimed.text
+    # BEGIN IMMEDIATE, the candidates (read in the writer's turn: claimers contend for the same
+    # first rows), the compare-and-set with its history, stream and outbox rows, COMMIT
+    assert hops == ["_begin_immediate", "_execute_fetchall", "_run_if_changed", "commit"]

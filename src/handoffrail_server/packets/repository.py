@@ -482,9 +482,19 @@ async def claim_candidates(
                 limit,
             )
         return [fast.to_model(Packet, record) for record in records]
-    if driver is not None:
-        async with fast.translated(session):
-            await driver.execute("SET LOCAL enable_sort = off")
+    if driver is None:
+        return await _sqlite_candidates(
+            session,
+            tenant_id,
+            statuses,
+            target_agent=target_agent,
+            tags=tags,
+            priorities=priorities,
+            now=now,
+            limit=limit,
+        )
+    async with fast.translated(session):
+        await driver.execute("SET LOCAL enable_sort = off")
     query = candidates_query(
         tenant_id,
         statuses,
@@ -494,9 +504,50 @@ async def claim_candidates(
         now=now,
         limit=limit,
     )
-    if driver is not None:
-        query = query.with_for_update(skip_locked=True)
+    query = query.with_for_update(skip_locked=True)
     return list((await session.execute(query)).scalars())
+
+
+async def _sqlite_candidates(
+    session: AsyncSession,
+    tenant_id: str,
+    statuses: Sequence[str],
+    *,
+    target_agent: str | None,
+    tags: Sequence[str],
+    priorities: Sequence[str] | None,
+    now: datetime,
+    limit: int,
+) -> list[Packet]:
+    """`candidates_query` on SQLite as one raw read (no statement built per request), inside
+    the unit's transaction, begun here: claimers contend for the same first rows, and a list
+    read before the writer's turn would mostly be lost compare-and-sets."""
+    (deadline,) = fast_sqlite.bound(session, Packet, {"expires_at": now})
+    sql = [f"SELECT {fast.select_list(Packet)} FROM packet WHERE tenant_id = ?"]  # noqa: S608  # nosec B608 - model identifiers, bound values
+    arguments: list[Any] = [tenant_id]
+    sql.append(f"AND status IN ({', '.join('?' for _ in statuses) or 'NULL'})")
+    arguments += statuses
+    if target_agent:  # as in `_conditions`: an empty filter is no filter
+        sql.append("AND target_agent_id = ?")
+        arguments.append(target_agent)
+    if priorities is not None:
+        sql.append(f"AND priority IN ({', '.join('?' for _ in priorities) or 'NULL'})")
+        arguments += priorities
+    sql.append("AND (expires_at IS NULL OR expires_at > ?)")
+    arguments.append(deadline)
+    for tag in tags:
+        sql.append(
+            "AND EXISTS (SELECT 1 FROM packet_tag WHERE packet_tag.tenant_id = ?"
+            " AND packet_tag.tag = ? AND packet_tag.packet_id = packet.id)"
+        )
+        arguments += [tenant_id, tag]
+    sql.append("ORDER BY priority_rank DESC, created_at ASC, id ASC LIMIT ?")
+    arguments.append(limit)
+    lite = await fast_sqlite.connection(session)
+    assert lite is not None  # SQLite
+    with fast_sqlite.translating():
+        rows = await lite.execute_fetchall(" ".join(sql), tuple(arguments))
+    return [fast_sqlite.to_model(session, Packet, row) for row in rows]
 
 
 async def history(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> list[PacketEvent]:
