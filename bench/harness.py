@@ -8,7 +8,8 @@
    packets, 32 claim-next workers, webhook latency (a local receiver + `handoffrail worker`), RSS.
 2. PostgreSQL, Gunicorn + Uvicorn workers (`WEB_CONCURRENCY=2`, deploy/gunicorn.conf.py): the same
    against the bare app under Gunicorn.
-3. SQLite (the embedded default), one process: create vs a raw SQLite insert ceiling.
+3. SQLite (the embedded default), one process: create vs a raw SQLite insert ceiling, the
+   lifecycle at 10 clients and 32 claim-next workers (double claims counted in the file).
 
 Load comes from `bench.loadgen` in a separate process on loopback. Each database is a throw-away
 one; every process started here is stopped in `finally`; every wait and loop is bounded. Double
@@ -44,6 +45,7 @@ from bench.processes import (
     rss_mb,
     running,
     server_env,
+    sqlite_double_claims,
     wait_for_log,
     worker_pids,
 )
@@ -480,6 +482,26 @@ def phase_sqlite(report: Report, sizes: Sizes, workdir: Path) -> None:
                     ),
                 )
             )
+        lifecycle = loadgen(
+            {
+                "scenario": "lifecycle",
+                "url": base,
+                "key": key,
+                "clients": 10,
+                "count": sizes.lifecycle,
+                "seconds": sizes.seconds,
+            }
+        )
+        claim_next = loadgen(  # the packets the creates left in the queue
+            {
+                "scenario": "claim_next",
+                "url": base,
+                "key": key,
+                "clients": 32,
+                "count": min(sizes.claim_next, sum(sizes.sqlite_create.values())),
+                "seconds": sizes.claim_seconds,
+            }
+        )
     _sqlite_ceiling_table(path)
     ceiling = loadgen(
         {
@@ -505,6 +527,30 @@ def phase_sqlite(report: Report, sizes: Sizes, workdir: Path) -> None:
                 + status_counts(result),
             )
         )
+    report.add(
+        Row(
+            label,
+            "lifecycle (4 requests)",
+            10,
+            lifecycle,
+            ceiling="sqlite insert",
+            ceiling_ops=ceiling["ops_per_s"],
+            notes=status_counts(lifecycle),
+        )
+    )
+    double, _unclaimed, events = sqlite_double_claims(path, claim_next["packets"])
+    if events != claim_next["claims"]:
+        claim_next["errors"] += abs(events - claim_next["claims"])
+    report.add(
+        Row(
+            label,
+            "claim-next workers",
+            32,
+            claim_next,
+            double=double,
+            notes=f"{claim_next['claims']} claimed; {status_counts(claim_next)}",
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

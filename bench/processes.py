@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -357,6 +359,21 @@ def migrate(database_url: str, environment: str = "staging") -> None:
     )
     if completed.returncode != 0:
         raise RuntimeError(f"migrate failed:\n{completed.stderr.decode(errors='replace')[-3000:]}")
+
+
+def sqlite_double_claims(path: Path, packet_ids: list[str]) -> tuple[int, int, int]:
+    """`double_claims` in the SQLite file at `path` (ids stored as 32 hex digits)."""
+    if not packet_ids:
+        return 0, 0, 0
+    counts: dict[str, int] = {uuid.UUID(value).hex: 0 for value in packet_ids}
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        for (packet_id,) in connection.execute(
+            "SELECT packet_id FROM packet_event WHERE event_type = 'claimed'"
+        ):
+            if packet_id in counts:
+                counts[packet_id] += 1
+    values = counts.values()
+    return sum(n > 1 for n in values), sum(n == 0 for n in values), sum(values)
 
 
 def double_claims(dsn: str, packet_ids: list[str]) -> tuple[int, int, int]:

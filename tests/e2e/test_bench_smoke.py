@@ -53,7 +53,9 @@ def test_bench_smoke_prints_the_table_without_double_claims(tmp_path: Path) -> N
     assert all(row["double"] == 0 for row in claim_rows)
     assert all(row["claims"] > 0 for row in claim_rows)
     scenarios = {(row["server"], row["scenario"]) for row in data["rows"]}
-    for server in ("serve x1", "gunicorn x2"):
+    for server in ("serve x1", "gunicorn x2", "sqlite x1"):
         assert (server, "create") in scenarios
         assert (server, "lifecycle (4 requests)") in scenarios
-    assert ("sqlite x1", "create") in scenarios
+    assert ("sqlite x1", "claim-next workers") in {
+        (row["server"], row["scenario"]) for row in claim_rows
+    }
