@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -32,8 +33,9 @@ from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.keys import repository as keys
 from handoffrail_server.limits import repository as usage
 from handoffrail_server.limits import service as quotas
+from handoffrail_server.packets import claims
 from handoffrail_server.packets import repository as packets
-from handoffrail_server.packets.schemas import PacketCreate
+from handoffrail_server.packets.schemas import ClaimNext, PacketClaim, PacketCreate
 from handoffrail_server.packets.service import PacketService
 from handoffrail_server.realtime import service as streams
 from tests.conftest import packet_body
@@ -542,3 +544,95 @@ async def test_a_claim_inside_a_transaction_joins_it_and_fails_with_it(
             select(func.count()).select_from(PacketEvent).where(PacketEvent.packet_id == packet.id)
         )
         assert count == 1
+
+
+async def _written_for(session: AsyncSession, packet_id: uuid.UUID) -> dict[str, Any]:
+    """What a claim wrote about a packet, less what differs between two claims of two packets
+    (ids, times)."""
+    packet = await packets.get(session, session.info["tenant"], packet_id)
+    assert packet is not None
+    [event] = await session.scalars(
+        select(PacketEvent).where(
+            PacketEvent.packet_id == packet_id, PacketEvent.event_type == "claimed"
+        )
+    )
+    [stream] = await session.scalars(
+        select(StreamEvent).where(
+            StreamEvent.packet_id == packet_id, StreamEvent.event_type == "packet.claimed"
+        )
+    )
+    [delivery] = await session.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.packet_id == packet_id)
+    )
+
+    def timeless(metadata: dict[str, Any]) -> dict[str, Any]:
+        assert metadata["claimed_at"]
+        return {k: v for k, v in metadata.items() if k not in ("claimed_at", "created_at")}
+
+    payload = dict(delivery.payload)
+    assert payload.pop("packet_id") == str(packet_id)
+    assert payload.pop("timestamp")
+    return {
+        "packet": (
+            packet.status,
+            packet.row_version,
+            packet.target_agent_id,
+            packet.claimed_by_agent_id,
+            packet.claimed_at is not None,
+            timeless(packet.packet_metadata),
+        ),
+        "history": (event.actor, event.from_status, event.to_status, event.details),
+        "stream": (
+            stream.status,
+            stream.source_agent_id,
+            stream.target_agent_id,
+            {**stream.data, "metadata": timeless(stream.data["metadata"])},
+        ),
+        "outbox": (
+            delivery.event_type,
+            delivery.status,
+            {**payload, "metadata": timeless(payload["metadata"])},
+        ),
+    }
+
+
+async def test_claim_next_in_one_statement_writes_what_a_claim_by_id_writes(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _tenant(sessions)
+    now = datetime.now(UTC)
+    async with unit_of_work(sessions) as session:
+        session.add(
+            WebhookEndpoint(
+                id=f"{tenant_id}-hook",
+                tenant_id=tenant_id,
+                url="https://example.com/hook",
+                events=["packet.claimed"],
+                secret_encrypted="x",
+                active=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    first = await _new_packet(sessions, tenant_id)
+    second = await _new_packet(sessions, tenant_id)
+    claimant = {"agent_id": "billing-01", "agent_name": "Billing", "framework": "crewai"}
+    async with unit_of_work(sessions) as session:
+        service = PacketService(session, SystemClock(), tenant_id)
+        picked = await claims.claim_next(service, ClaimNext(**claimant), last=True)
+        assert picked is not None
+        assert picked.id == first.id  # the oldest of one priority
+        assert (picked.status, picked.row_version) == ("claimed", first.row_version + 1)
+        lean = session.info[fast.LEAN_KEY]
+        assert lean.finished  # one statement, no BEGIN/COMMIT
+        assert not lean.driver.is_in_transaction()
+    async with unit_of_work(sessions) as session:
+        service = PacketService(session, SystemClock(), tenant_id)
+        await claims.claim(service, second.id, PacketClaim(**claimant), last=True)
+    async with unit_of_work(sessions) as session:
+        session.info["tenant"] = tenant_id
+        assert await _written_for(session, first.id) == await _written_for(session, second.id)
+    async with unit_of_work(sessions) as session:
+        service = PacketService(session, SystemClock(), tenant_id)
+        assert await claims.claim_next(service, ClaimNext(**claimant), last=True) is None
+        assert not session.info[fast.LEAN_KEY].finished  # nothing written: it may go on

@@ -361,18 +361,27 @@ def casts(model: type[Base]) -> dict[str, str]:
     }
 
 
-def insert_from(objects: Sequence[Base], source: str) -> Statement:
+def insert_from(
+    objects: Sequence[Base], source: str, from_source: dict[str, str] | None = None
+) -> Statement:
     """`INSERT INTO table (keys) SELECT $1::type, ... FROM source`: the row of one transient
-    object, inserted once per row of `source` (a CTE name), so not at all when it is empty."""
+    object, inserted once per row of `source` (a CTE name), so not at all when it is empty;
+    the keys of `from_source` take that column of the source's row instead of the object's."""
     model = type(objects[0])
     keys, rows = rows_of(objects)
     assert len(rows) == 1, "one row per statement"
+    taken = from_source or {}
     types = casts(model)
     table = model.__table__
     assert isinstance(table, Table)
-    selected = ", ".join(f"${index}::{types[key]}" for index, key in enumerate(keys, start=1))
+    bound = [key for key in keys if key not in taken]
+    number = {key: index for index, key in enumerate(bound, start=1)}
+    selected = ", ".join(
+        f"{source}.{taken[key]}" if key in taken else f"${number[key]}::{types[key]}"
+        for key in keys
+    )
     sql = f"INSERT INTO {table.name} ({', '.join(keys)}) SELECT {selected} FROM {source}"  # noqa: S608  # nosec B608 - model identifiers, bound values
-    return Statement(sql, tuple(_arguments(model, rows[0], keys)))
+    return Statement(sql, tuple(_arguments(model, rows[0], tuple(bound))))
 
 
 async def insert(

@@ -122,6 +122,12 @@ def _recent_agents(session: AsyncSession) -> RecentAgents:
     return memory
 
 
+def agents_remembered(session: AsyncSession, limits: TenantLimits, agent_ids: list[str]) -> bool:
+    """True when `register_agents` would write nothing for these agents: registered, and seen
+    within AGENT_TOUCH_INTERVAL by this process."""
+    return _recent_agents(session).fresh(limits.tenant_id, agent_ids)
+
+
 async def register_agents(
     session: AsyncSession,
     clock: Clock,

@@ -11,10 +11,11 @@ import uuid
 from typing import Any
 
 from handoffrail_server.db.models import Packet
+from handoffrail_server.db.rows import transient
 from handoffrail_server.errors import DomainError
 from handoffrail_server.limits import service as quotas
 from handoffrail_server.observability import metrics
-from handoffrail_server.packets import policy, repository
+from handoffrail_server.packets import changes, policy, repository
 from handoffrail_server.packets.errors import (
     ConcurrentUpdate,
     IllegalTransitionError,
@@ -133,9 +134,64 @@ def _priorities(body: ClaimNext) -> list[str] | None:
     return None
 
 
-async def claim_next(service: PacketService, body: ClaimNext) -> Packet | None:
-    """Claim the oldest highest-priority `created` packet matching the filters, or None."""
+def _picked() -> Packet:
+    """What `changes.build` needs of a packet, for a claim-next whose packet its statement
+    picks (the statement fills in the id and metadata)."""
+    return transient(
+        Packet,
+        id=uuid.UUID(int=0),
+        status=PacketStatus.CLAIMED.value,
+        packet_metadata={},
+        hitl=None,
+    )
+
+
+async def _claim_first(service: PacketService, body: ClaimNext, *, last: bool) -> Packet | None:
+    """PostgreSQL: claim-next as one statement (`repository.claim_first`): the rules of
+    `_try_claim` for a `created` candidate that is not expired, which the candidates' filter
+    guarantees; the history, stream and webhook rows are `changes.build`'s, with the picked
+    packet's id and metadata filled in by the statement."""
+    now = service.clock.now()
+    change = changes.build(
+        service.clock,
+        service.origin,
+        _picked(),
+        "claimed",
+        f"agent:{body.agent_id}",
+        from_status=PacketStatus.CREATED.value,
+        details={"agent_name": body.agent_name},
+        last=last,
+    )
+    claimed = await repository.claim_first(
+        service.session,
+        service.tenant_id,
+        target_agent=body.target_agent,
+        tags=body.tags,
+        priorities=_priorities(body),
+        now=now,
+        agent_id=body.agent_id,
+        metadata={"target_agent": _claimant(body), "claimed_at": now.isoformat()},
+        change=change,
+    )
+    if claimed is not None:
+        await service.settle(change, False)
+    return claimed
+
+
+async def claim_next(
+    service: PacketService, body: ClaimNext, *, last: bool = False
+) -> Packet | None:
+    """Claim the oldest highest-priority `created` packet matching the filters, or None.
+
+    `last=True`: the unit of work writes nothing else (a single claim-next request); on
+    PostgreSQL, with the claimant already registered, the claim is then one statement that
+    commits on its own."""
     dialect = service.session.get_bind().dialect.name
+    if dialect == "postgresql" and (
+        service.limits is None
+        or quotas.agents_remembered(service.session, service.limits, [body.agent_id])
+    ):
+        return await _claim_first(service, body, last=last)
     batch = 1 if dialect == "postgresql" else 16
     for _attempt in range(MAX_CAS_ATTEMPTS):
         candidates = await repository.claim_candidates(

@@ -550,6 +550,69 @@ async def _sqlite_candidates(
     return [fast_sqlite.to_model(session, Packet, row) for row in rows]
 
 
+@cache
+def _pg_claim_first_sql() -> str:
+    columns = fast.select_list(Packet)
+    return (
+        "UPDATE packet SET status = $1, metadata = metadata || $2::jsonb,"  # noqa: S608  # nosec B608 - model identifiers, bound values
+        " target_agent_id = $3, claimed_by_agent_id = $3, claimed_at = $4, updated_at = $4,"
+        " row_version = row_version + 1"
+        " WHERE id = (SELECT id FROM handoffrail_claim_candidates($5, $6, $7, $8, $9, $10, 1))"
+        f" AND status = $6 RETURNING {columns}"
+    )
+
+
+async def claim_first(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    target_agent: str | None,
+    tags: Sequence[str],
+    priorities: Sequence[str] | None,
+    now: datetime,
+    agent_id: str,
+    metadata: dict[str, Any],
+    change: Change,
+) -> Packet | None:
+    """PostgreSQL: claim the first of `claim_candidates` (one status, `created`) for
+    `agent_id` in one statement: the candidate locked (`SKIP LOCKED`), updated (`metadata`
+    merged into its metadata), and `change`'s history, stream and outbox rows written from the
+    row it picked — its id and metadata taken from that row, the rest from `change` (built for
+    a placeholder packet). None when no packet is claimable (nothing written). A `last` change
+    of a unit that has not written commits on its own."""
+    driver = await fast.connection(session, last=change.last)
+    assert driver is not None, "PostgreSQL only"
+    claim = fast.Statement(
+        _pg_claim_first_sql(),
+        (
+            "claimed",
+            fast.dump_json(metadata),
+            agent_id,
+            now,
+            tenant_id,
+            "created",
+            target_agent or None,  # as in `_conditions`: an empty filter is no filter
+            list(priorities) if priorities is not None else None,
+            now,
+            list(tags),
+        ),
+    )
+    writes = [
+        claim,
+        fast.insert_from([change.event], "w0", {"packet_id": "id"}),
+        stream_log.pg_insert_for_row(session, change.stream_event, "w0"),
+    ]
+    if change.webhook is not None:
+        writes.append(webhook_rows.pg_fan_out_for_row(tenant_id, change.webhook, "w0"))
+    query = fast.Statement(f"SELECT {fast.select_list(Packet)} FROM w0")  # noqa: S608  # nosec B608 - model identifiers
+    rows = await fast.fetch(session, driver, fast.together(writes, query))
+    if not rows:
+        fast.wrote_nothing(session)
+        return None
+    claimed: Packet = fast.to_model(Packet, rows[0])
+    return claimed
+
+
 async def history(session: AsyncSession, tenant_id: str, packet_id: uuid.UUID) -> list[PacketEvent]:
     """Every event of a packet, oldest first."""
     result = await session.execute(

@@ -188,7 +188,7 @@ async def batch_complete(
 async def claim_next(body: ClaimNext, request: Request, session: Session, caller: Caller) -> Any:
     """Claim the oldest highest-priority claimable packet; 204 when none matches."""
     service = _service(request, session, caller)
-    packet = await claims.claim_next(service, body)
+    packet = await claims.claim_next(service, body, last=True)
     if packet is None:
         return Response(status_code=204)
     return to_read(packet)

@@ -119,7 +119,7 @@ class PacketService:
             raise PacketNotFound(f"Packet {packet_id} not found")
         return packet
 
-    async def _settle(self, change: repository.Change, fan_out: bool) -> None:
+    async def settle(self, change: repository.Change, fan_out: bool) -> None:
         """After a change is written: stream wake-up, webhook fan-out if still due, metrics."""
         streams.wake_after_commit(self.session, self.tenant_id)
         # Transactional outbox: webhook rows commit (or roll back) with the state change.
@@ -159,7 +159,7 @@ class PacketService:
             created_tags=created_tags,
             last=last,
         )
-        await self._settle(change, await repository.write_change(self.session, change))
+        await self.settle(change, await repository.write_change(self.session, change))
 
     async def change_and_record(
         self,
@@ -191,7 +191,7 @@ class PacketService:
             self.session, packet, values, change, allowed_statuses=allowed_statuses
         )
         if updated is not None:
-            await self._settle(change, fan_out)
+            await self.settle(change, fan_out)
         return updated
 
     @staticmethod

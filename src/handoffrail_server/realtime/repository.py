@@ -105,6 +105,39 @@ def _next_position(session: AsyncSession) -> int:
     return position
 
 
+@cache
+def _pg_insert_for_row_sql(source: str) -> str:
+    """`_pg_insert_from_sql` for the packet row that `source` returns: its id, agents and
+    metadata are taken from that row (merged into `data` under "metadata")."""
+    types = fast.casts(StreamEvent)
+    return (
+        f"INSERT INTO stream_event (id, {', '.join(_STREAM_COLUMNS)})"  # noqa: S608  # nosec B608 - fixed identifiers, bound values
+        f" SELECT {_PG_ID}::bigint, $2::{types['tenant_id']}, $3::{types['event_type']},"
+        f" {source}.id, $4::{types['status']},"
+        f" {source}.metadata -> 'source_agent' ->> 'id',"
+        f" {source}.metadata -> 'target_agent' ->> 'id',"
+        f" $5::jsonb || jsonb_build_object('metadata', {source}.metadata),"
+        f" $6::{types['created_at']}"
+        f" FROM {source}"
+    )
+
+
+def pg_insert_for_row(session: AsyncSession, event: StreamEvent, source: str) -> fast.Statement:
+    """`pg_insert(event, source)` where `source` (a CTE name) returns the packet row the event
+    is about, picked by the same statement (claim-next): `event` gives everything else."""
+    return fast.Statement(
+        _pg_insert_for_row_sql(source),
+        (
+            _next_position(session),
+            event.tenant_id,
+            event.event_type,
+            event.status,
+            fast.dump_json(event.data),
+            event.created_at,
+        ),
+    )
+
+
 def pg_insert(
     session: AsyncSession, event: StreamEvent, source: str | None = None
 ) -> fast.Statement:

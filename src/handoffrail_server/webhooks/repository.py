@@ -87,6 +87,26 @@ def pg_fan_out(tenant_id: str, event: PacketWebhook, source: str | None = None) 
     )
 
 
+def pg_fan_out_for_row(tenant_id: str, event: PacketWebhook, source: str) -> fast.Statement:
+    """`pg_fan_out(event, source)` where `source` (a CTE name) returns the packet row the event
+    is about, picked by the same statement (claim-next): its id, and its metadata merged into
+    the payload; `event` gives everything else."""
+    sql = (
+        "INSERT INTO webhook_delivery (id, tenant_id, webhook_id, event_id, packet_id, event_type,"  # noqa: S608  # nosec B608 - a CTE name from our code, bound values
+        " payload, status, attempts, next_attempt_at, created_at, updated_at)"
+        f" SELECT gen_random_uuid(), e.tenant_id, e.id, $1::uuid, {source}.id, $2::varchar,"
+        f" $3::jsonb || jsonb_build_object('packet_id', {source}.id::text,"
+        f" 'metadata', {source}.metadata),"
+        " 'pending', 0, $4::timestamptz, $4::timestamptz, $4::timestamptz"
+        f" FROM webhook_endpoint e, {source}"
+        " WHERE e.tenant_id = $5::varchar AND e.active AND e.events ? $2::varchar"
+    )
+    return fast.Statement(
+        sql,
+        (event.event_id, event.event_type, fast.dump_json(event.payload), event.at, tenant_id),
+    )
+
+
 #: SQLite: `pg_fan_out`'s statement; a version-4 UUID per row as SQLite stores one (32 hex
 #: digits: random, then the version digit 4 and a variant digit 8-b in their places), and
 #: `events` (a JSON array) searched with json_each
