@@ -343,6 +343,7 @@ def _columns(packet: Packet) -> dict[str, Any]:
     return {attribute: getattr(packet, attribute) for attribute, _, _ in fast.read_columns(Packet)}
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_raw_reads_and_compare_and_sets_give_what_the_orm_reads(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
