@@ -15,7 +15,7 @@ from handoffrail_server.db import fast
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import Packet
 from handoffrail_server.db.uow import unit_of_work
-from handoffrail_server.packets import repository
+from handoffrail_server.packets import queue
 from tests.conftest import Api
 from tests.contract.helpers import claim, create_packet
 
@@ -75,9 +75,7 @@ async def test_claim_candidates_fetch_a_few_rows_of_an_unanalyzed_queue(api: Api
                 "now": datetime.now(UTC),
                 "limit": 1,
             }
-            candidates = await repository.claim_candidates(
-                session, tenant_id, ["created"], **filters
-            )
+            candidates = await queue.claim_candidates(session, tenant_id, ["created"], **filters)
             arguments: tuple[Any, ...] = (tenant_id, "created", None, None, filters["now"], [], 1)
             # the plans of that very statement as PostgreSQL runs it inside the function
             # (custom, and the generic plan a cached plan switches to after five runs), logged
@@ -97,7 +95,7 @@ async def test_claim_candidates_fetch_a_few_rows_of_an_unanalyzed_queue(api: Api
             for mode in ("force_custom_plan", "force_generic_plan"):
                 await driver.execute(f"SET LOCAL plan_cache_mode = {mode}")
                 logged.clear()
-                await driver.fetch(repository.pg_candidates_sql(), *arguments)
+                await driver.fetch(queue.pg_candidates_sql(), *arguments)
                 await asyncio.sleep(0)  # asyncpg hands notices to listeners with call_soon
                 plans.append("\n".join(entry for entry in logged if "FROM packet p" in entry))
             # the setting is the function's, not left behind in the transaction

@@ -15,7 +15,7 @@ from handoffrail_server.db.rows import transient
 from handoffrail_server.errors import DomainError
 from handoffrail_server.limits import service as quotas
 from handoffrail_server.observability import metrics
-from handoffrail_server.packets import changes, policy, repository
+from handoffrail_server.packets import changes, policy, queue
 from handoffrail_server.packets.errors import (
     ConcurrentUpdate,
     IllegalTransitionError,
@@ -147,7 +147,7 @@ def _picked() -> Packet:
 
 
 async def _claim_first(service: PacketService, body: ClaimNext, *, last: bool) -> Packet | None:
-    """PostgreSQL: claim-next as one statement (`repository.claim_first`): the rules of
+    """PostgreSQL: claim-next as one statement (`queue.claim_first`): the rules of
     `_try_claim` for a `created` candidate that is not expired, which the candidates' filter
     guarantees; the history, stream and webhook rows are `changes.build`'s, with the picked
     packet's id and metadata filled in by the statement."""
@@ -162,7 +162,7 @@ async def _claim_first(service: PacketService, body: ClaimNext, *, last: bool) -
         details={"agent_name": body.agent_name},
         last=last,
     )
-    claimed = await repository.claim_first(
+    claimed = await queue.claim_first(
         service.session,
         service.tenant_id,
         target_agent=body.target_agent,
@@ -194,7 +194,7 @@ async def claim_next(
         return await _claim_first(service, body, last=last)
     batch = 1 if dialect == "postgresql" else 16
     for _attempt in range(MAX_CAS_ATTEMPTS):
-        candidates = await repository.claim_candidates(
+        candidates = await queue.claim_candidates(
             service.session,
             service.tenant_id,
             [PacketStatus.CREATED.value],
