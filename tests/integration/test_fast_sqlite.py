@@ -389,7 +389,7 @@ async def test_raw_reads_and_compare_and_sets_give_what_the_orm_reads(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-async def test_a_claim_and_a_patch_take_three_trips_to_a_driver_thread(
+async def test_a_claim_and_a_patch_take_one_trip_each_through_the_write_queue(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import aiosqlite
@@ -411,10 +411,10 @@ async def test_a_claim_and_a_patch_take_three_trips_to_a_driver_thread(
         f"/api/v1/packets/{packet_id}", json={"status": "in_progress"}, headers=headers
     )
     assert patched.status_code == 200, patched.text
-    # each: the packet read on the event loop's thread (db.sqlite_reader), then BEGIN
-    # IMMEDIATE, the compare-and-set with its history, stream and outbox rows, COMMIT
-    step = ["_begin_immediate", "_run_if_changed", "commit"]
-    assert hops == step + step
+    # each: the packet read on the event loop's thread (db.sqlite_reader), then the write
+    # queue's batch: BEGIN IMMEDIATE, the compare-and-set, its history, stream and outbox rows
+    # if it won, COMMIT (it was three trips holding the writer's turn: BEGIN, the rest, COMMIT)
+    assert hops == ["_commit_all", "_commit_all"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -438,4 +438,4 @@ async def test_a_claim_next_takes_four_trips_to_a_driver_thread(
     assert claimed.status_code == 200, claimed.text
     # BEGIN IMMEDIATE, the candidates (read in the writer's turn: claimers contend for the same
     # first rows), the compare-and-set with its history, stream and outbox rows, COMMIT
-    assert hops == ["_begin_immediate", "_execute_fetchall", "_run_if_changed", "commit"]
+    assert hops == ["begin_immediate_here", "_execute_fetchall", "run_if_changed_here", "commit"]

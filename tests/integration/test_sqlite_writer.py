@@ -333,3 +333,45 @@ async def test_a_locked_database_fails_the_batch_once(
         assert await _write_alone(sessions, uuid.uuid4())
     finally:
         await engine.dispose()
+
+
+async def test_queued_compare_and_sets_of_one_row_win_once_and_losers_write_nothing(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Three units queue a compare-and-set of the same row version with a write each: they
+    share one batch, the first wins and writes, the others get no rows and wrote nothing, and
+    a loser goes on in a transaction of its own (its retry cannot lose for ever in the queue)."""
+    packet_id = uuid.uuid4()
+    assert await _write_alone(sessions, packet_id)  # row version 1
+
+    async def unit(tag: str) -> tuple[str, bool]:
+        change = fast_sqlite.Statement(
+            "UPDATE packet SET status = 'claimed', row_version = row_version + 1"
+            " WHERE id = ? AND row_version = 1 RETURNING id",
+            [(packet_id.hex,)],
+        )
+        write = fast_sqlite.Statement(
+            "INSERT INTO packet_tag (packet_id, tag, tenant_id) VALUES (?, ?, 't1')",
+            [(packet_id.hex, tag)],
+        )
+        async with unit_of_work(sessions) as session:
+            rows = await uow.change_alone(session, change, [write])
+            assert rows is not None
+            if rows:
+                assert rows == [(packet_id.hex,)]
+                return tag, True
+            assert await uow.change_alone(session, change, [write]) is None  # not queued again
+            await session.execute(text("SELECT 1"))  # it may begin a transaction
+            return tag, False
+
+    batches = _batches(engine)
+    results = await asyncio.gather(unit("a"), unit("b"), unit("c"))
+    assert sorted(won for _, won in results) == [False, False, True]
+    assert _batches(engine) - batches == 1
+    async with engine.connect() as connection:
+        tags = (
+            await connection.execute(
+                text("SELECT tag FROM packet_tag WHERE packet_id = :id"), {"id": packet_id.hex}
+            )
+        ).scalars()
+        assert list(tags) == [tag for tag, won in results if won]

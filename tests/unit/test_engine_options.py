@@ -4,6 +4,7 @@ messages, and `HR_DB_STATEMENT_CACHE_SIZE` for engines built without the setting
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import exc, text
@@ -54,5 +55,32 @@ async def test_an_engine_built_without_settings_follows_a_zero_cache(
     engine = create_engine("postgresql+asyncpg://app@127.0.0.1:1/unused")
     try:
         assert "prepared_statement_cache_size" not in engine.url.query
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [((20, 30), (20, 30)), ((10, 10), (10, 10)), ((1, 0), (5, 10))],
+)
+async def test_a_sqlite_file_engine_keeps_the_pool_it_is_given_but_never_less_than_five_and_ten(
+    tmp_path: Path, asked: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    """Each SQLite connection is a thread: a pool smaller than the server's concurrency opened
+    and closed one per request (it used to ignore `HR_DB_POOL_SIZE` and keep SQLAlchemy's 5)."""
+    engine = create_engine(
+        f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", pool_size=asked[0], max_overflow=asked[1]
+    )
+    try:
+        pool: Any = engine.sync_engine.pool
+        assert (pool.size(), pool._max_overflow) == expected
+    finally:
+        await engine.dispose()
+
+
+async def test_an_in_memory_sqlite_engine_keeps_its_single_connection() -> None:
+    engine = create_engine("sqlite+aiosqlite://", pool_size=20, max_overflow=30)
+    try:
+        assert type(engine.sync_engine.pool).__name__ == "StaticPool"
     finally:
         await engine.dispose()

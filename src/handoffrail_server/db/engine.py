@@ -52,10 +52,12 @@ def create_engine(
         if parsed.database not in (None, "", ":memory:") and "memory" not in str(parsed):
             # a file: each connection is a thread of aiosqlite's, and one opened and closed per
             # request beyond the pool (SQLAlchemy's default of 5) costs more than the request
-            # (an in-memory database has one connection, SQLAlchemy's StaticPool)
+            # (an in-memory database has one connection, SQLAlchemy's StaticPool). Never less
+            # than SQLAlchemy's 5 + 10: a unit of work may hold one connection while the write
+            # queue or a read outside its transaction takes another.
             pool = {
-                "pool_size": pool_size,
-                "max_overflow": max_overflow,
+                "pool_size": max(pool_size, 5),
+                "max_overflow": max(max_overflow, 10),
                 "pool_timeout": pool_timeout,
             }
         engine = create_async_engine(

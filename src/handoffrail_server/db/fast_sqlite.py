@@ -196,9 +196,16 @@ async def run(
     return rows
 
 
-def _run_if_changed(
+def run_in_transaction(connection: sqlite3.Connection, writes: Sequence[Statement]) -> None:
+    """In the connection's thread, inside its transaction: `writes`, in order."""
+    _run_in_thread(connection, writes, None)
+
+
+def run_if_changed_here(
     connection: sqlite3.Connection, change: Statement, writes: Sequence[Statement]
 ) -> list[Any]:
+    """In the connection's thread: `change` (an UPDATE … RETURNING), then `writes` only if it
+    returned rows; its rows."""
     rows = connection.execute(change.sql, change.parameters[0]).fetchall()
     if rows:
         _run_in_thread(connection, writes, None)
@@ -209,7 +216,7 @@ async def run_if_changed(driver: Any, change: Statement, writes: Sequence[Statem
     """`change` (an UPDATE … RETURNING), then `writes` only if it returned rows, in one hop to
     the connection's thread; the rows it returned (none: it matched nothing, nothing written)."""
     with translating():
-        rows: list[Any] = await driver._execute(_run_if_changed, driver._conn, change, writes)
+        rows: list[Any] = await driver._execute(run_if_changed_here, driver._conn, change, writes)
     return rows
 
 
@@ -219,16 +226,12 @@ async def insert(session: AsyncSession, driver: Any, objects: Sequence[Base]) ->
         await run(driver, [insert_statement(session, objects)])
 
 
-def _begin_immediate(connection: sqlite3.Connection) -> None:
-    if connection.in_transaction:  # left open by a call whose caller was cancelled meanwhile
+def begin_immediate_here(connection: sqlite3.Connection) -> None:
+    """In the connection's thread: `BEGIN IMMEDIATE` (a transaction left open by a call whose
+    caller was cancelled meanwhile is rolled back first)."""
+    if connection.in_transaction:
         connection.rollback()
     connection.execute("BEGIN IMMEDIATE")
-
-
-def run_begun(connection: sqlite3.Connection, writes: Sequence[Statement]) -> None:
-    """In the connection's thread: `BEGIN IMMEDIATE`, then `writes` (the caller commits)."""
-    _begin_immediate(connection)
-    _run_in_thread(connection, writes, None)
 
 
 def _rollback_if_open(connection: sqlite3.Connection) -> None:
@@ -249,7 +252,7 @@ def begin_immediate(adapted: Any) -> None:
     driver = adapted._connection  # the aiosqlite connection inside the adapter
     try:
         with translating():
-            await_(driver._execute(_begin_immediate, driver._conn))
+            await_(driver._execute(begin_immediate_here, driver._conn))
     except BaseException:
         if driver._connection is not None:  # still open: its thread runs what is queued
             driver._tx.put_nowait((None, partial(_rollback_if_open, driver._conn)))

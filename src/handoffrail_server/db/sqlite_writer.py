@@ -28,6 +28,7 @@ import sqlite3
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
@@ -38,18 +39,33 @@ from handoffrail_server.db import fast_sqlite
 @dataclass(slots=True)
 class _Job:
     statements: Sequence[fast_sqlite.Statement]
-    future: asyncio.Future[None] = field(repr=False)
+    future: asyncio.Future[list[Any]] = field(repr=False)
+    #: the first statement is a compare-and-set (`UPDATE … RETURNING`): the others run only if
+    #: it returned rows, and its rows are the job's answer
+    conditional: bool = False
 
 
-def _commit_one(connection: sqlite3.Connection, job: _Job) -> Exception | None:
+#: a job's outcome: its rows (a conditional job's compare-and-set; [] otherwise) or its error
+_Outcome = list[Any] | Exception
+
+
+def _run_job(connection: sqlite3.Connection, job: _Job) -> list[Any]:
+    if not job.conditional:
+        fast_sqlite.run_in_transaction(connection, job.statements)
+        return []
+    return fast_sqlite.run_if_changed_here(connection, job.statements[0], job.statements[1:])
+
+
+def _commit_one(connection: sqlite3.Connection, job: _Job) -> _Outcome:
     try:
-        fast_sqlite.run_begun(connection, job.statements)
+        fast_sqlite.begin_immediate_here(connection)
+        rows = _run_job(connection, job)
         connection.execute("COMMIT")
     except Exception as error:  # this unit's failure is its own; the next one still runs
         if connection.in_transaction:
             connection.rollback()
         return error
-    return None
+    return rows
 
 
 #: failures that one unit's rows cause (a constraint, a value SQLite or the driver refuses): the
@@ -67,7 +83,7 @@ _ONE_UNITS_FAULT = (
 
 def _commit_all(
     connection: sqlite3.Connection, jobs: Sequence[_Job]
-) -> tuple[list[Exception | None], bool]:
+) -> tuple[list[_Outcome], bool]:
     """In the connection's thread: the jobs as one transaction — (outcomes, True) — or, when one
     of them fails for its rows, each again as its own transaction, in order — (outcomes, False)
     — so that each commits or fails alone either way. One commit for the batch writes the
@@ -75,7 +91,8 @@ def _commit_all(
     once per job."""
     if len(jobs) > 1:
         try:
-            fast_sqlite.run_begun(connection, [step for job in jobs for step in job.statements])
+            fast_sqlite.begin_immediate_here(connection)
+            outcomes: list[_Outcome] = [_run_job(connection, job) for job in jobs]
             connection.execute("COMMIT")
         except _ONE_UNITS_FAULT:  # someone's rows: find whose, one transaction each
             if connection.in_transaction:
@@ -85,9 +102,9 @@ def _commit_all(
                 connection.rollback()
             return [error] * len(jobs), False
         else:
-            return [None] * len(jobs), True
+            return outcomes, True
     outcomes = [_commit_one(connection, job) for job in jobs]
-    return outcomes, len(jobs) == 1 and outcomes[0] is None
+    return outcomes, len(jobs) == 1 and not isinstance(outcomes[0], Exception)
 
 
 class WriteQueue:
@@ -101,16 +118,20 @@ class WriteQueue:
         self.batches = 0  #: batches written (tests and benchmarks read it)
         self.together = 0  #: of which committed as one transaction (no job failed)
 
-    async def commit(self, statements: Sequence[fast_sqlite.Statement]) -> None:
+    async def commit(
+        self, statements: Sequence[fast_sqlite.Statement], *, conditional: bool = False
+    ) -> list[Any]:
         """Run `statements` as one transaction of their own; return once it committed.
 
+        `conditional`: the first statement is a compare-and-set (`UPDATE … RETURNING`), the
+        others run only if it returned rows; its rows are returned (none: nothing written).
         Cancelled while still waiting: never written. Cancelled once its batch started: it
         commits (or fails) with the batch, as a commit that finished after the client left."""
-        job = _Job(statements, asyncio.get_running_loop().create_future())
+        job = _Job(statements, asyncio.get_running_loop().create_future(), conditional)
         self._waiting.append(job)
         if self._drain is None:
             self._drain = asyncio.create_task(self._run(), name="handoffrail-sqlite-writes")
-        await job.future
+        return await job.future
 
     async def _run(self) -> None:
         try:
@@ -145,16 +166,16 @@ class WriteQueue:
                 job.future.cancel()
             raise
 
-    def _settle(self, jobs: list[_Job], outcomes: list[Exception | None], together: bool) -> None:
+    def _settle(self, jobs: list[_Job], outcomes: list[_Outcome], together: bool) -> None:
         self.batches += 1
         self.together += together
         for job, outcome in zip(jobs, outcomes, strict=True):
             if job.future.done():
                 continue  # its waiter was cancelled while the batch ran
-            if outcome is None:
-                job.future.set_result(None)
-            else:
+            if isinstance(outcome, Exception):
                 job.future.set_exception(_translated(outcome))
+            else:
+                job.future.set_result(outcome)
 
 
 def _translated(error: Exception) -> Exception:

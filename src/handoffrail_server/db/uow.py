@@ -93,6 +93,7 @@ class _Turn:
     task: asyncio.Task[object] | None
     held: bool = False
     finished: bool = False  #: its last write went through the write queue
+    lost: bool = False  #: a compare-and-set it queued lost: it writes in a transaction now
 
 
 _turn: ContextVar[_Turn | None] = ContextVar("handoffrail_uow_turn", default=None)
@@ -127,6 +128,26 @@ async def commit_alone(session: AsyncSession, statements: Sequence[Any]) -> bool
     turn.finished = True  # set first: nothing may begin while the write is under way
     await sqlite_writer.queue_for(turn.engine, turn.lock).commit(statements)
     return True
+
+
+async def change_alone(
+    session: AsyncSession, change: Any, writes: Sequence[Any]
+) -> list[Any] | None:
+    """SQLite: `commit_alone` for a compare-and-set (`change`, an `UPDATE … RETURNING`) and the
+    `writes` that go with it when it wins: its rows (none: it lost, nothing was written, and
+    the unit may write again), or None when the unit had begun a transaction or lost a queued
+    compare-and-set before (nothing done: the caller writes in a transaction, where its
+    retries read what they compare, in the writer's turn, and so cannot lose for ever against
+    other queued writers of the same row)."""
+    turn = _own_turn()
+    if turn is None or turn.held or turn.finished or turn.lost or session.in_transaction():
+        return None
+    turn.finished = True  # set first: nothing may begin while the write is under way
+    queue = sqlite_writer.queue_for(turn.engine, turn.lock)
+    rows = await queue.commit([change, *writes], conditional=True)
+    if not rows:
+        turn.finished, turn.lost = False, True  # it lost: nothing was written
+    return rows
 
 
 def _gate(bind: object) -> tuple[asyncio.Semaphore, float] | None:

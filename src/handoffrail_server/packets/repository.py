@@ -233,13 +233,18 @@ async def _change_if_unchanged_sqlite(
     values: dict[str, Any],
     writes: Sequence[fast_sqlite.Statement],
     allowed_statuses: Sequence[str] | None,
+    *,
+    last: bool = False,
 ) -> tuple[Packet | None, bool]:
-    """The compare-and-set, then `writes` only if it won, in one hop to the connection's thread
-    inside the unit's transaction (begun here if it was not)."""
-    lite = await fast_sqlite.connection(session)
-    assert lite is not None  # SQLite
+    """The compare-and-set, then `writes` only if it won: through the write queue when it is
+    the `last` write of a unit that has not begun a transaction (`uow.change_alone`), else in
+    one hop to the connection's thread inside the unit's transaction (begun here if not)."""
     cas = _sqlite_cas_statement(session, packet, values, allowed_statuses)
-    rows = await fast_sqlite.run_if_changed(lite, cas, writes)
+    rows = await uow.change_alone(session, cas, writes) if last else None
+    if rows is None:
+        lite = await fast_sqlite.connection(session)
+        assert lite is not None  # SQLite
+        rows = await fast_sqlite.run_if_changed(lite, cas, writes)
     return (fast_sqlite.to_model(session, Packet, rows[0]) if rows else None), False
 
 
@@ -268,7 +273,7 @@ async def change_if_unchanged(
     if driver is None:
         lite_writes = _sqlite_writes(session, change)
         return await _change_if_unchanged_sqlite(
-            session, packet, values, lite_writes, allowed_statuses
+            session, packet, values, lite_writes, allowed_statuses, last=change.last
         )
     cas = _cas_statement(packet, values, allowed_statuses)
     writes = [
