@@ -8,8 +8,9 @@
    packets, 32 claim-next workers, webhook latency (a local receiver + `handoffrail worker`), RSS.
 2. PostgreSQL, Gunicorn + Uvicorn workers (`WEB_CONCURRENCY=2`, deploy/gunicorn.conf.py): the same
    against the bare app under Gunicorn.
-3. SQLite (the embedded default), one process: create vs a raw SQLite insert ceiling, the
-   lifecycle at 10 clients and 32 claim-next workers (double claims counted in the file).
+3. SQLite (the embedded default, bench/sqlite_phase.py), one process: create vs a raw SQLite
+   insert ceiling, the lifecycle at 10 clients and 32 claim-next workers (double claims counted
+   in the file).
 
 Load comes from `bench.loadgen` in a separate process on loopback. Each database is a throw-away
 one; every process started here is stopped in `finally`; every wait and loop is bounded. Double
@@ -21,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench import driver_cost, processes
 from bench.processes import (
@@ -45,13 +43,12 @@ from bench.processes import (
     rss_mb,
     running,
     server_env,
-    sqlite_double_claims,
+    settle_claims,
     wait_for_log,
     worker_pids,
 )
 from bench.report import (
     FULL,
-    ORIGINAL_SQLITE_CREATES_PER_S,
     SMOKE,
     Report,
     Row,
@@ -61,6 +58,7 @@ from bench.report import (
     table,
     targets,
 )
+from bench.sqlite_phase import phase_sqlite
 
 
 def measure_http_ceiling(
@@ -222,9 +220,7 @@ def run_app_scenarios(
                 "seconds": sizes.claim_seconds,
             },
         )
-        double, unclaimed, events = double_claims(dsn, result["packets"])
-        if events != result["claims"]:
-            result["errors"] += abs(events - result["claims"])
+        double, unclaimed = settle_claims(result, double_claims(dsn, result["packets"]))
         report.add(
             Row(
                 label,
@@ -249,9 +245,7 @@ def run_app_scenarios(
             "seconds": sizes.claim_seconds,
         },
     )
-    double, _unclaimed, events = double_claims(dsn, result["packets"])
-    if events != result["claims"]:
-        result["errors"] += abs(events - result["claims"])
+    double, _unclaimed = settle_claims(result, double_claims(dsn, result["packets"]))
     report.add(
         Row(
             label,
@@ -413,144 +407,6 @@ def phase_gunicorn(report: Report, sizes: Sizes, workdir: Path) -> None:
                 report, label, server, pids, dsn, key, sizes, create_clients=[10, 50], races=[32]
             )
             memory_row(report, label, idle, pids)
-
-
-def _sqlite_ceiling_table(path: Path) -> None:
-    """`packet_ceiling`: the packet table's columns and indexes under another name."""
-    connection = sqlite3.connect(path)
-    try:
-        (table_sql,) = connection.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'packet'"
-        ).fetchone()
-        connection.execute(
-            re.sub(r'^CREATE TABLE "?packet"?', "CREATE TABLE packet_ceiling", table_sql)
-        )
-        indexes = connection.execute(
-            "SELECT name, sql FROM sqlite_master "
-            "WHERE type = 'index' AND tbl_name = 'packet' AND sql IS NOT NULL"
-        ).fetchall()
-        for name, index_sql in indexes:
-            renamed = index_sql.replace(name, f"{name}_ceiling", 1)
-            connection.execute(re.sub(r' ON "?packet"? ', " ON packet_ceiling ", renamed))
-        connection.commit()
-    finally:
-        connection.close()
-
-
-def embedded_env(database_url: str, key: str, port: int, workdir: Path) -> dict[str, str]:
-    """The SQLite server's environment: the embedded default as README's first command starts
-    it (development, no Redis), as the original server's SQLite figure was taken; a Redis URL
-    given with `--set` still applies."""
-    env = server_env(database_url, key, port, workdir)
-    env["HR_ENVIRONMENT"] = "development"
-    for name in ("HR_REDIS_URL", "HR_REDIS_PREFIX", "REDIS_URL"):
-        env.pop(name, None)
-    env.update(
-        {name: value for name, value in processes.SERVER_OVERRIDES.items() if "REDIS" in name}
-    )
-    return env
-
-
-def phase_sqlite(report: Report, sizes: Sizes, workdir: Path) -> None:
-    from handoffrail_server.keys.tokens import generate_key
-
-    label = "sqlite x1"
-    path = workdir / "bench.db"
-    url = f"sqlite+aiosqlite:///{path}"
-    migrate(url, "development")
-    port = free_port()
-    key = generate_key()
-    env = embedded_env(url, key, port, workdir)
-    base = f"http://127.0.0.1:{port}"
-    serve = [str(BIN / "handoffrail"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    results: list[tuple[int, dict[str, Any]]] = []
-    with running("serve-sqlite", serve, env, workdir, base):
-        for clients, count in sizes.sqlite_create.items():
-            results.append(
-                (
-                    clients,
-                    loadgen(
-                        {
-                            "scenario": "post",
-                            "url": base,
-                            "key": key,
-                            "expect": 201,
-                            "clients": clients,
-                            "count": count,
-                            "seconds": sizes.seconds,
-                        }
-                    ),
-                )
-            )
-        lifecycle = loadgen(
-            {
-                "scenario": "lifecycle",
-                "url": base,
-                "key": key,
-                "clients": 10,
-                "count": sizes.lifecycle,
-                "seconds": sizes.seconds,
-            }
-        )
-        claim_next = loadgen(  # the packets the creates left in the queue
-            {
-                "scenario": "claim_next",
-                "url": base,
-                "key": key,
-                "clients": 32,
-                "count": min(sizes.claim_next, sum(sizes.sqlite_create.values())),
-                "seconds": sizes.claim_seconds,
-            }
-        )
-    _sqlite_ceiling_table(path)
-    ceiling = loadgen(
-        {
-            "scenario": "sqlite_insert",
-            "path": str(path),
-            "table": "packet_ceiling",
-            "count": sizes.ceiling,
-            "seconds": sizes.ceiling_seconds,
-        }
-    )
-    report.ceilings["sqlite"] = ceiling["ops_per_s"]
-    report.add(Row("sqlite", "ceiling: raw INSERT (sqlite3)", 1, ceiling))
-    for clients, result in results:
-        report.add(
-            Row(
-                label,
-                "create",
-                clients,
-                result,
-                ceiling="sqlite insert",
-                ceiling_ops=ceiling["ops_per_s"],
-                notes=f"{result['ops_per_s'] / ORIGINAL_SQLITE_CREATES_PER_S:.1f}x original; "
-                + status_counts(result),
-            )
-        )
-    report.add(
-        Row(
-            label,
-            "lifecycle (4 requests)",
-            10,
-            lifecycle,
-            ceiling="sqlite insert",
-            ceiling_ops=ceiling["ops_per_s"],
-            notes=status_counts(lifecycle),
-        )
-    )
-    double, _unclaimed, events = sqlite_double_claims(path, claim_next["packets"])
-    if events != claim_next["claims"]:
-        claim_next["errors"] += abs(events - claim_next["claims"])
-    report.add(
-        Row(
-            label,
-            "claim-next workers",
-            32,
-            claim_next,
-            double=double,
-            notes=f"{claim_next['claims']} claimed; {status_counts(claim_next)}",
-        )
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -361,6 +361,16 @@ def migrate(database_url: str, environment: str = "staging") -> None:
         raise RuntimeError(f"migrate failed:\n{completed.stderr.decode(errors='replace')[-3000:]}")
 
 
+def settle_claims(result: dict[str, Any], counted: tuple[int, int, int]) -> tuple[int, int]:
+    """(double, unclaimed) of a claim row from what `double_claims` counted in the database;
+    every difference between the `claimed` events there and the claims the client saw is an
+    error of the row."""
+    double, unclaimed, events = counted
+    if events != result["claims"]:
+        result["errors"] += abs(events - result["claims"])
+    return double, unclaimed
+
+
 def sqlite_double_claims(path: Path, packet_ids: list[str]) -> tuple[int, int, int]:
     """`double_claims` in the SQLite file at `path` (ids stored as 32 hex digits)."""
     if not packet_ids:

@@ -75,7 +75,8 @@ async def test_claim_candidates_fetch_a_few_rows_of_an_unanalyzed_queue(api: Api
                 "now": datetime.now(UTC),
                 "limit": 1,
             }
-            candidates = await queue.claim_candidates(session, tenant_id, ["created"], **filters)
+            wanted = queue.Wanted(**filters)
+            candidates = await queue.claim_candidates(session, tenant_id, ["created"], wanted)
             arguments: tuple[Any, ...] = (tenant_id, "created", None, None, filters["now"], [], 1)
             # the plans of that very statement as PostgreSQL runs it inside the function
             # (custom, and the generic plan a cached plan switches to after five runs), logged

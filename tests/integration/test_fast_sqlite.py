@@ -249,19 +249,28 @@ def _insert_sql_of(packet: Packet) -> tuple[str, tuple[Any, ...]]:
     )
 
 
+async def _warm_tenant(api: Api) -> tuple[dict[str, str], dict[str, Any]]:
+    """Headers of a fresh `business` tenant (no daily handoff counter) and the last of two
+    packets it created: their agents registered, then remembered as registered, so the next
+    create, claim or PATCH writes nothing but itself."""
+    _tenant, key = await api.new_tenant_admin("business")
+    headers = api.headers(key)
+    for _ in range(2):
+        created = await api.client.post("/api/v1/packets", json=packet_body(), headers=headers)
+        assert created.status_code == 201, created.text
+    packet: dict[str, Any] = created.json()
+    return headers, packet
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_create_takes_one_trip_to_a_driver_thread(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import aiosqlite
 
-    _tenant, key = await api.new_tenant_admin("business")  # no daily handoff counter
-    body = packet_body()
-    for _ in range(2):  # the agents registered, then remembered as registered
-        warm = await api.client.post("/api/v1/packets", json=body, headers=api.headers(key))
-        assert warm.status_code == 201, warm.text
+    headers, _packet_json = await _warm_tenant(api)
     hops = _count_calls(monkeypatch, aiosqlite.Connection, "_execute")
-    response = await api.client.post("/api/v1/packets", json=body, headers=api.headers(key))
+    response = await api.client.post("/api/v1/packets", json=packet_body(), headers=headers)
     assert response.status_code == 201, response.text
     # the key lookup on the event loop's thread (db.sqlite_reader), then the change through the
     # write queue: BEGIN IMMEDIATE, every write, COMMIT in one go (it was four trips: BEGIN
@@ -394,14 +403,10 @@ async def test_a_claim_and_a_patch_take_one_trip_each_through_the_write_queue(
 ) -> None:
     import aiosqlite
 
-    _tenant, key = await api.new_tenant_admin("business")
-    headers = api.headers(key)
-    for _ in range(2):  # the agents registered, then remembered as registered
-        created = await api.client.post("/api/v1/packets", json=packet_body(), headers=headers)
-        assert created.status_code == 201, created.text
-    packet_id = created.json()["id"]
+    headers, created = await _warm_tenant(api)
+    packet_id = created["id"]
     hops = _count_calls(monkeypatch, aiosqlite.Connection, "_execute")
-    target = created.json()["metadata"]["target_agent"]  # registered and remembered: no write
+    target = created["metadata"]["target_agent"]  # registered and remembered: no write
     claim = {"agent_id": target["id"], "agent_name": target["name"]}
     claimed = await api.client.post(
         f"/api/v1/packets/{packet_id}/claim", json=claim, headers=headers
@@ -423,12 +428,8 @@ async def test_a_claim_next_takes_four_trips_to_a_driver_thread(
 ) -> None:
     import aiosqlite
 
-    _tenant, key = await api.new_tenant_admin("business")
-    headers = api.headers(key)
-    for _ in range(2):  # the agents registered, then remembered as registered
-        created = await api.client.post("/api/v1/packets", json=packet_body(), headers=headers)
-        assert created.status_code == 201, created.text
-    target = created.json()["metadata"]["target_agent"]
+    headers, created = await _warm_tenant(api)
+    target = created["metadata"]["target_agent"]
     hops = _count_calls(monkeypatch, aiosqlite.Connection, "_execute")
     claimed = await api.client.post(
         "/api/v1/packets/claim-next",

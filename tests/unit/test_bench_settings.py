@@ -27,15 +27,15 @@ def test_anything_but_hr_name_value_is_refused(item: str) -> None:
 def test_the_sqlite_server_runs_as_the_embedded_default_without_redis(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from bench import harness
+    from bench import sqlite_phase
 
     monkeypatch.setenv("REDIS_URL", "redis://platform:6379/0")  # a platform's would be read
     monkeypatch.setattr(processes, "SERVER_OVERRIDES", {})
-    env = harness.embedded_env("sqlite+aiosqlite:///x.db", "hr_key", 8000, Path("."))
+    env = sqlite_phase.embedded_env("sqlite+aiosqlite:///x.db", "hr_key", 8000, Path("."))
     assert env["HR_ENVIRONMENT"] == "development"
     assert not {"HR_REDIS_URL", "HR_REDIS_PREFIX", "REDIS_URL"} & set(env)
     assert processes.server_env("sqlite+aiosqlite:///x.db", "k", 1, Path("."))["HR_REDIS_URL"]
 
     monkeypatch.setattr(processes, "SERVER_OVERRIDES", {"HR_REDIS_URL": "redis://h:6379/1"})
-    env = harness.embedded_env("sqlite+aiosqlite:///x.db", "hr_key", 8000, Path("."))
+    env = sqlite_phase.embedded_env("sqlite+aiosqlite:///x.db", "hr_key", 8000, Path("."))
     assert env["HR_REDIS_URL"] == "redis://h:6379/1"  # an A/B asking for Redis gets it

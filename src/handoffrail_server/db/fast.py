@@ -435,8 +435,9 @@ async def fetch(session: AsyncSession, driver: asyncpg.Connection, statement: St
 
 
 @cache
-def _read_columns(model: type[Base]) -> tuple[tuple[str, str, str], ...]:
-    """(attribute, column, kind) of every mapped column; kind: json, uuid or plain."""
+def read_columns(model: type[Base]) -> tuple[tuple[str, str, str], ...]:
+    """(attribute, column, kind) of every mapped column, in `select_list` order; kind: json,
+    uuid or plain."""
     mapper: Any = inspect(model)
     columns = []
     for attribute in mapper.column_attrs:
@@ -450,20 +451,15 @@ def _read_columns(model: type[Base]) -> tuple[tuple[str, str, str], ...]:
     return tuple(columns)
 
 
-def read_columns(model: type[Base]) -> tuple[tuple[str, str, str], ...]:
-    """(attribute, column, kind) of every mapped column, in `select_list` order."""
-    return _read_columns(model)
-
-
 def select_list(model: type[Base]) -> str:
     """The column list (mapped columns only) for raw SELECT / RETURNING of `model`."""
-    return ", ".join(column for _attribute, column, _kind in _read_columns(model))
+    return ", ".join(column for _attribute, column, _kind in read_columns(model))
 
 
 def to_model(model: type[Base], record: Any) -> Any:
     """A transient `model` instance from a raw row selected with `select_list(model)`."""
     values: dict[str, Any] = {}
-    for attribute, column, kind in _read_columns(model):
+    for attribute, column, kind in read_columns(model):
         value = record[column]
         if value is not None:
             if kind == "json" and isinstance(value, str):
@@ -476,7 +472,7 @@ def to_model(model: type[Base], record: Any) -> Any:
 
 def column_of(model: type[Base], attribute: str) -> tuple[str, bool]:
     """(column name, is JSON) of a mapped attribute."""
-    for key, column, kind in _read_columns(model):
+    for key, column, kind in read_columns(model):
         if key == attribute:
             return column, kind == "json"
     raise KeyError(attribute)

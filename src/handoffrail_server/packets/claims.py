@@ -165,10 +165,7 @@ async def _claim_first(service: PacketService, body: ClaimNext, *, last: bool) -
     claimed = await queue.claim_first(
         service.session,
         service.tenant_id,
-        target_agent=body.target_agent,
-        tags=body.tags,
-        priorities=_priorities(body),
-        now=now,
+        queue.Wanted(body.target_agent, body.tags, _priorities(body), now),
         agent_id=body.agent_id,
         metadata={"target_agent": _claimant(body), "claimed_at": now.isoformat()},
         change=change,
@@ -198,11 +195,9 @@ async def claim_next(
             service.session,
             service.tenant_id,
             [PacketStatus.CREATED.value],
-            target_agent=body.target_agent,
-            tags=body.tags,
-            priorities=_priorities(body),
-            now=service.clock.now(),
-            limit=batch,
+            queue.Wanted(
+                body.target_agent, body.tags, _priorities(body), service.clock.now(), batch
+            ),
         )
         if not candidates:
             return None

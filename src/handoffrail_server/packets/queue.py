@@ -4,6 +4,7 @@ priority, and (PostgreSQL) claim-next as one statement. Flushes, never commits."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -18,27 +19,35 @@ from handoffrail_server.realtime import repository as stream_log
 from handoffrail_server.webhooks import repository as webhook_rows
 
 
-def candidates_query(
-    tenant_id: str,
-    statuses: Sequence[str],
-    *,
-    target_agent: str | None,
-    tags: Sequence[str],
-    priorities: Sequence[str] | None,
-    now: datetime,
-    limit: int,
-) -> Select[Packet]:
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What a claimer asks of the packet it takes (no filter: None / empty)."""
+
+    target_agent: str | None
+    tags: Sequence[str]
+    priorities: Sequence[str] | None
+    now: datetime
+    limit: int = 1
+
+    def pg_arguments(self) -> tuple[Any, ...]:
+        """(target agent, priorities, now, tags) as `handoffrail_claim_candidates` takes them;
+        as in `filter_conditions`, an empty filter is no filter."""
+        priorities = list(self.priorities) if self.priorities is not None else None
+        return (self.target_agent or None, priorities, self.now, list(self.tags))
+
+
+def candidates_query(tenant_id: str, statuses: Sequence[str], wanted: Wanted) -> Select[Packet]:
     """Oldest highest-priority packets in `statuses` matching the filters (not locked)."""
-    filters = PacketFilter(statuses=statuses, target_agent=target_agent, tags=tags)
+    filters = PacketFilter(statuses=statuses, target_agent=wanted.target_agent, tags=wanted.tags)
     conditions = filter_conditions(tenant_id, filters)
-    if priorities is not None:
-        conditions.append(Packet.priority.in_(list(priorities)))
-    conditions.append(or_(Packet.expires_at.is_(None), Packet.expires_at > now))
+    if wanted.priorities is not None:
+        conditions.append(Packet.priority.in_(list(wanted.priorities)))
+    conditions.append(or_(Packet.expires_at.is_(None), Packet.expires_at > wanted.now))
     return (
         select(Packet)
         .where(*conditions)
         .order_by(Packet.priority_rank.desc(), Packet.created_at.asc(), Packet.id.asc())
-        .limit(limit)
+        .limit(wanted.limit)
         .execution_options(populate_existing=True)
     )
 
@@ -59,15 +68,7 @@ def pg_candidates_sql() -> str:
 
 
 async def claim_candidates(
-    session: AsyncSession,
-    tenant_id: str,
-    statuses: Sequence[str],
-    *,
-    target_agent: str | None,
-    tags: Sequence[str],
-    priorities: Sequence[str] | None,
-    now: datetime,
-    limit: int,
+    session: AsyncSession, tenant_id: str, statuses: Sequence[str], wanted: Wanted
 ) -> list[Packet]:
     """Oldest highest-priority claimable packets (PostgreSQL skips rows locked by others).
 
@@ -78,80 +79,55 @@ async def claim_candidates(
     while the candidates are planned: by the function's `SET` clause (one round trip), or by
     `SET LOCAL` for the ORM query of several statuses."""
     driver = await fast.connection(session)
-    if driver is not None and len(statuses) == 1:
+    if driver is None:
+        return await _sqlite_candidates(session, tenant_id, statuses, wanted)
+    if len(statuses) == 1:
+        target, wanted_priorities, at, wanted_tags = wanted.pg_arguments()
         async with fast.translated(session):
             records = await driver.fetch(
                 pg_candidates_sql(),
                 tenant_id,
                 statuses[0],
-                target_agent or None,  # as in `filter_conditions`: an empty filter is no filter
-                list(priorities) if priorities is not None else None,
-                now,
-                list(tags),
-                limit,
+                target,
+                wanted_priorities,
+                at,
+                wanted_tags,
+                wanted.limit,
             )
         return [fast.to_model(Packet, record) for record in records]
-    if driver is None:
-        return await _sqlite_candidates(
-            session,
-            tenant_id,
-            statuses,
-            target_agent=target_agent,
-            tags=tags,
-            priorities=priorities,
-            now=now,
-            limit=limit,
-        )
     async with fast.translated(session):
         await driver.execute("SET LOCAL enable_sort = off")
-    query = candidates_query(
-        tenant_id,
-        statuses,
-        target_agent=target_agent,
-        tags=tags,
-        priorities=priorities,
-        now=now,
-        limit=limit,
-    )
-    query = query.with_for_update(skip_locked=True)
+    query = candidates_query(tenant_id, statuses, wanted).with_for_update(skip_locked=True)
     return list((await session.execute(query)).scalars())
 
 
 async def _sqlite_candidates(
-    session: AsyncSession,
-    tenant_id: str,
-    statuses: Sequence[str],
-    *,
-    target_agent: str | None,
-    tags: Sequence[str],
-    priorities: Sequence[str] | None,
-    now: datetime,
-    limit: int,
+    session: AsyncSession, tenant_id: str, statuses: Sequence[str], wanted: Wanted
 ) -> list[Packet]:
     """`candidates_query` on SQLite as one raw read (no statement built per request), inside
     the unit's transaction, begun here: claimers contend for the same first rows, and a list
     read before the writer's turn would mostly be lost compare-and-sets."""
-    (deadline,) = fast_sqlite.bound(session, Packet, {"expires_at": now})
+    (deadline,) = fast_sqlite.bound(session, Packet, {"expires_at": wanted.now})
     sql = [f"SELECT {fast.select_list(Packet)} FROM packet WHERE tenant_id = ?"]  # noqa: S608  # nosec B608 - model identifiers, bound values
     arguments: list[Any] = [tenant_id]
     sql.append(f"AND status IN ({', '.join('?' for _ in statuses) or 'NULL'})")
     arguments += statuses
-    if target_agent:  # as in `filter_conditions`: an empty filter is no filter
+    if wanted.target_agent:  # as in `filter_conditions`: an empty filter is no filter
         sql.append("AND target_agent_id = ?")
-        arguments.append(target_agent)
-    if priorities is not None:
-        sql.append(f"AND priority IN ({', '.join('?' for _ in priorities) or 'NULL'})")
-        arguments += priorities
+        arguments.append(wanted.target_agent)
+    if wanted.priorities is not None:
+        sql.append(f"AND priority IN ({', '.join('?' for _ in wanted.priorities) or 'NULL'})")
+        arguments += wanted.priorities
     sql.append("AND (expires_at IS NULL OR expires_at > ?)")
     arguments.append(deadline)
-    for tag in tags:
+    for tag in wanted.tags:
         sql.append(
             "AND EXISTS (SELECT 1 FROM packet_tag WHERE packet_tag.tenant_id = ?"
             " AND packet_tag.tag = ? AND packet_tag.packet_id = packet.id)"
         )
         arguments += [tenant_id, tag]
     sql.append("ORDER BY priority_rank DESC, created_at ASC, id ASC LIMIT ?")
-    arguments.append(limit)
+    arguments.append(wanted.limit)
     lite = await fast_sqlite.connection(session)
     assert lite is not None  # SQLite
     with fast_sqlite.translating():
@@ -174,11 +150,8 @@ def _pg_claim_first_sql() -> str:
 async def claim_first(
     session: AsyncSession,
     tenant_id: str,
+    wanted: Wanted,
     *,
-    target_agent: str | None,
-    tags: Sequence[str],
-    priorities: Sequence[str] | None,
-    now: datetime,
     agent_id: str,
     metadata: dict[str, Any],
     change: Change,
@@ -197,13 +170,10 @@ async def claim_first(
             "claimed",
             fast.dump_json(metadata),
             agent_id,
-            now,
+            wanted.now,
             tenant_id,
             "created",
-            target_agent or None,  # as in `filter_conditions`: an empty filter is no filter
-            list(priorities) if priorities is not None else None,
-            now,
-            list(tags),
+            *wanted.pg_arguments(),
         ),
     )
     writes = [
