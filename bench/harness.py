@@ -31,12 +31,14 @@ from bench import driver_cost, processes
 from bench.processes import (
     BIN,
     WORKER_POLL_SECONDS,
+    PgCpu,
     Process,
     app_loadgen,
     double_claims,
     free_port,
     loadgen,
     migrate,
+    pg_cpu,
     pg_database,
     pg_query,
     profiled,
@@ -53,6 +55,7 @@ from bench.report import (
     Report,
     Row,
     Sizes,
+    budgets,
     machine,
     status_counts,
     table,
@@ -92,11 +95,12 @@ def measure_http_ceiling(
             report.add(Row(label, "ceiling: HTTP (bare ASGI)", count, result))
 
 
-def measure_pg_ceilings(report: Report, dsn: str, sizes: Sizes) -> None:
+def measure_pg_ceilings(report: Report, dsn: str, sizes: Sizes, db: PgCpu | None) -> None:
     """Storage and claim ceilings in a copy of the packet table (same columns and indexes)."""
     pg_query(dsn, "CREATE TABLE IF NOT EXISTS packet_ceiling (LIKE packet INCLUDING ALL)")
     for clients in (1, 10, 50):
-        result = loadgen(
+        result = app_loadgen(
+            [],
             {
                 "scenario": "pg_insert",
                 "dsn": dsn,
@@ -104,13 +108,16 @@ def measure_pg_ceilings(report: Report, dsn: str, sizes: Sizes) -> None:
                 "clients": clients,
                 "count": sizes.ceiling,
                 "seconds": sizes.ceiling_seconds,
-            }
+            },
+            db,
         )
         report.ceilings[f"storage:{clients}"] = result["ops_per_s"]
         report.add(Row("postgres", "ceiling: raw INSERT (asyncpg)", clients, result))
 
 
-def measure_claim_ceilings(report: Report, label: str, dsn: str, sizes: Sizes) -> None:
+def measure_claim_ceilings(
+    report: Report, label: str, dsn: str, sizes: Sizes, db: PgCpu | None
+) -> None:
     """Raw SKIP LOCKED claims on a copy of the app's own queue (same rows, same depth)."""
     for workers in (8, 32):
         pg_query(dsn, "TRUNCATE packet_ceiling")
@@ -126,7 +133,8 @@ def measure_claim_ceilings(report: Report, label: str, dsn: str, sizes: Sizes) -
             f"SELECT {columns} FROM packet WHERE status = 'created'",
         )
         depth = int(pg_query(dsn, "SELECT count(*) FROM packet_ceiling")[0][0])
-        result = loadgen(
+        result = app_loadgen(
+            [],
             {
                 "scenario": "pg_claim",
                 "dsn": dsn,
@@ -134,7 +142,8 @@ def measure_claim_ceilings(report: Report, label: str, dsn: str, sizes: Sizes) -
                 "clients": workers,
                 "count": sizes.claim_next,
                 "seconds": sizes.seconds,
-            }
+            },
+            db,
         )
         report.ceilings[f"claim:{label}:{workers}"] = result["ops_per_s"]
         report.add(
@@ -153,6 +162,7 @@ def run_app_scenarios(
     *,
     create_clients: list[int],
     races: list[int],
+    db: PgCpu | None,
     profile_dir: Path | None = None,
 ) -> None:
     """Create, lifecycle, contended claims and claim-next against a running app."""
@@ -170,6 +180,7 @@ def run_app_scenarios(
                     "count": sizes.create[clients],
                     "seconds": sizes.seconds,
                 },
+                db,
             )
         report.add(
             Row(
@@ -194,6 +205,7 @@ def run_app_scenarios(
                 "count": sizes.lifecycle,
                 "seconds": sizes.seconds,
             },
+            db,
         )
     report.add(
         Row(
@@ -207,7 +219,7 @@ def run_app_scenarios(
         )
     )
     pg_query(dsn, "CREATE TABLE IF NOT EXISTS packet_ceiling (LIKE packet INCLUDING ALL)")
-    measure_claim_ceilings(report, label, dsn, sizes)
+    measure_claim_ceilings(report, label, dsn, sizes, db)
     for racers in races:
         result = app_loadgen(
             pids,
@@ -219,6 +231,7 @@ def run_app_scenarios(
                 "packets": sizes.race[racers],
                 "seconds": sizes.claim_seconds,
             },
+            db,
         )
         double, unclaimed = settle_claims(result, double_claims(dsn, result["packets"]))
         report.add(
@@ -244,6 +257,7 @@ def run_app_scenarios(
             "count": sizes.claim_next,
             "seconds": sizes.claim_seconds,
         },
+        db,
     )
     double, _unclaimed = settle_claims(result, double_claims(dsn, result["packets"]))
     report.add(
@@ -323,7 +337,8 @@ def phase_serve(report: Report, sizes: Sizes, workdir: Path, profile_dir: Path |
             "warning",
         ]
         measure_http_ceiling(report, label, framework, env, workdir, base, [10, 50], sizes)
-        measure_pg_ceilings(report, dsn, sizes)
+        db = pg_cpu(dsn)
+        measure_pg_ceilings(report, dsn, sizes, db)
         for operation, cpu_ms in driver_cost.run(dsn, url, sizes.driver_ops):
             report.add(
                 Row("in-process", f"db CPU: {operation}", 1, {"server_cpu_ms": cpu_ms}, notes="")
@@ -343,6 +358,7 @@ def phase_serve(report: Report, sizes: Sizes, workdir: Path, profile_dir: Path |
                 sizes,
                 create_clients=[1, 10, 50],
                 races=[8, 32],
+                db=db,
                 profile_dir=profile_dir,
             )
             with running("worker", [str(BIN / "handoffrail"), "worker"], env, workdir) as worker:
@@ -404,7 +420,16 @@ def phase_gunicorn(report: Report, sizes: Sizes, workdir: Path) -> None:
             time.sleep(1.0)
             idle = [rss_mb(pid) for pid in pids]
             run_app_scenarios(
-                report, label, server, pids, dsn, key, sizes, create_clients=[10, 50], races=[32]
+                report,
+                label,
+                server,
+                pids,
+                dsn,
+                key,
+                sizes,
+                create_clients=[10, 50],
+                races=[32],
+                db=pg_cpu(dsn),
             )
             memory_row(report, label, idle, pids)
 
@@ -444,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     print("targets (issue 10):")
     for line in targets(report):
         print(line)
+    lines = budgets(report)
+    if lines:
+        print("machine budget (CPU per operation of the server, PostgreSQL and the load client):")
+        for line in lines:
+            print(line)
     doubles = sum(row.double or 0 for row in report.rows)
     if args.json:
         args.json.write_text(

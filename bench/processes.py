@@ -251,12 +251,64 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def app_loadgen(pids: list[int], spec: dict[str, Any]) -> dict[str, Any]:
-    """`loadgen`, plus the server's own CPU per operation (robust to a shared machine)."""
+@dataclass(frozen=True)
+class PgCpu:
+    """CPU of a local PostgreSQL cluster: its postmaster, every live child (backends, WAL
+    writer, checkpointer, autovacuum) and the children it has already reaped (`cutime` and
+    `cstime` of the postmaster), so a backend that exits during a scenario still counts."""
+
+    postmaster: int
+
+    def seconds(self) -> float:
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(stat.parent.name)
+            if pid == self.postmaster:
+                total += sum(int(value) for value in fields[11:15])  # own + reaped children
+            elif int(fields[1]) == self.postmaster:
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+def pg_cpu(dsn: str) -> PgCpu | None:
+    """The CPU meter of the cluster behind `dsn`, or None when it is not on this machine (its
+    processes are not in this /proc)."""
+    import asyncpg
+
+    def parent(pid: int) -> int | None:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        parents = [line.split()[1] for line in status.splitlines() if line.startswith("PPid:")]
+        return int(parents[0]) if parents else None
+
+    async def postmaster() -> int | None:
+        connection = await asyncpg.connect(dsn, timeout=10)
+        try:  # read while the backend lives: its parent is the postmaster
+            return parent(int(await connection.fetchval("SELECT pg_backend_pid()")))
+        finally:
+            await connection.close()
+
+    pid = asyncio.run(postmaster())
+    return None if pid is None else PgCpu(pid)
+
+
+def app_loadgen(pids: list[int], spec: dict[str, Any], db: PgCpu | None = None) -> dict[str, Any]:
+    """`loadgen`, plus the server's own CPU per operation (robust to a shared machine) and,
+    with `db`, the database's (`db_cpu_ms`)."""
     before = cpu_seconds(pids)
+    db_before = db.seconds() if db else 0.0
     result = loadgen(spec)
     ops = int(result.get("ops", 0))
-    result["server_cpu_ms"] = 1000 * (cpu_seconds(pids) - before) / ops if ops else None
+    if pids:
+        result["server_cpu_ms"] = 1000 * (cpu_seconds(pids) - before) / ops if ops else None
+    if db is not None and ops:
+        result["db_cpu_ms"] = 1000 * (db.seconds() - db_before) / ops
     return result
 
 

@@ -122,6 +122,7 @@ HEADER = (
     "double",
     "cli CPU",
     "srv CPU ms/op",
+    "pg CPU ms/op",
     "notes",
 )
 
@@ -148,6 +149,7 @@ def table(report: Report) -> str:
                 "-" if row.double is None else str(row.double),
                 "-" if memory else f"{100 * float(result.get('client_cpu', 0)):.0f}%",
                 fmt(result.get("server_cpu_ms"), 2),
+                fmt(result.get("db_cpu_ms"), 2),
                 row.notes,
             ]
         )
@@ -166,6 +168,49 @@ def _find(report: Report, server: str, scenario: str, clients: int) -> Row | Non
         if row.server == server and row.scenario.startswith(scenario) and row.clients == clients:
             return row
     return None
+
+
+def cpu_per_op(row: Row) -> tuple[float, float, float] | None:
+    """(server, PostgreSQL, load client) CPU ms per operation of a row, when all were
+    measured; the client's from its CPU share (of one core) and its rate."""
+    result = row.result
+    server, database = result.get("server_cpu_ms"), result.get("db_cpu_ms")
+    if server is None or database is None or not row.ops_per_s:
+        return None
+    client = 1000 * float(result.get("client_cpu", 0.0)) / row.ops_per_s
+    return float(server), float(database), client
+
+
+def budgets(report: Report, cores: int | None = None) -> list[str]:
+    """What the machine allows at the CPU each one-process PostgreSQL target row cost.
+
+    The server, PostgreSQL and the load client share the cores, so `cores` x 1000 / (their
+    ms per operation) bounds the rate whatever the server does; and one server process runs
+    its requests on one event loop, so 1000 / (the server's ms per operation) bounds it too.
+    A target ratio of the row's ceiling needs the server at or under 1000 / (ratio x ceiling)
+    ms per operation."""
+    cores = cores or os.cpu_count() or 1
+    out: list[str] = []
+    for scenario, clients, goal in (
+        ("create", 50, 0.25),
+        ("lifecycle", 10, 0.08),
+        ("claim-next", 32, 0.25),
+    ):
+        row = _find(report, "serve x1", scenario, clients)
+        costs = cpu_per_op(row) if row else None
+        if row is None or costs is None or not row.ceiling_ops:
+            continue
+        server, database, client = costs
+        machine_bound = cores * 1000 / (server + database + client)
+        loop_bound = 1000 / server
+        needed = 1000 / (goal * row.ceiling_ops)
+        out.append(
+            f"  {scenario} c={clients}: CPU per op {server:.2f} ms server + {database:.2f} ms"
+            f" PostgreSQL + {client:.2f} ms load client; {cores} cores allow <="
+            f" {machine_bound / row.ceiling_ops:.3f} x ceiling, one event loop <="
+            f" {loop_bound / row.ceiling_ops:.3f} x; {goal} x needs the server <= {needed:.2f} ms"
+        )
+    return out
 
 
 def targets(report: Report) -> list[str]:

@@ -46,12 +46,17 @@ def test_bench_smoke_prints_the_table_without_double_claims(tmp_path: Path) -> N
     assert "ceiling: raw INSERT (asyncpg)" in completed.stdout
     assert "claim-next workers" in completed.stdout
     assert "webhook commit -> receiver" in completed.stdout
+    assert "machine budget" in completed.stdout
     data = json.loads(results.read_text())
     assert data["double_claims"] == 0
     claim_rows = [row for row in data["rows"] if row["double"] is not None]
     assert claim_rows
     assert all(row["double"] == 0 for row in claim_rows)
     assert all(row["claims"] > 0 for row in claim_rows)
+    pg_rows = [row for row in data["rows"] if row["server"] in ("serve x1", "gunicorn x2")]
+    measured = [row for row in pg_rows if row["scenario"] in ("create", "claim-next workers")]
+    assert measured
+    assert all(row["db_cpu_ms"] >= 0 for row in measured)  # PostgreSQL's own CPU per op
     scenarios = {(row["server"], row["scenario"]) for row in data["rows"]}
     for server in ("serve x1", "gunicorn x2", "sqlite x1"):
         assert (server, "create") in scenarios
