@@ -451,6 +451,7 @@ def read_columns(model: type[Base]) -> tuple[tuple[str, str, str], ...]:
     return tuple(columns)
 
 
+@cache
 def select_list(model: type[Base]) -> str:
     """The column list (mapped columns only) for raw SELECT / RETURNING of `model`."""
     return ", ".join(column for _attribute, column, _kind in read_columns(model))
