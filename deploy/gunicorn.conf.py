@@ -12,8 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# Uvicorn's own gunicorn worker is deprecated; the uvicorn-worker package is its successor.
-worker_class = "uvicorn_worker.UvicornWorker"
+# Uvicorn's own gunicorn worker is deprecated; the uvicorn-worker package is its successor. Ours
+# is that worker with a response's head and body written in one system call (infra/serving.py).
+worker_class = "handoffrail_server.infra.serving.UvicornWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 bind = [f"{os.environ.get('HR_BIND_HOST', '0.0.0.0')}:{os.environ.get('HR_PORT', '8080')}"]  # noqa: S104
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))

@@ -183,9 +183,11 @@ async def test_sigterm_does_not_hang_on_open_streams(
         "HR_EXPIRY_INTERVAL_SECONDS": "0",
         "HR_LOG_LEVEL": "warning",
     }
-    bind = ["--bind", f"127.0.0.1:{port}", "-k", "uvicorn_worker.UvicornWorker", "-w", "1"]
+    worker = "handoffrail_server.infra.serving.UvicornWorker"  # as deploy/gunicorn.conf.py
+    bind = ["--bind", f"127.0.0.1:{port}", "-k", worker, "-w", "1"]
+    protocol = ["--http", "handoffrail_server.infra.serving:HttpProtocol"]  # as `serve`
     command = {
-        "uvicorn": ["-m", "uvicorn", "handoffrail_server.asgi:app", "--port", str(port)],
+        "uvicorn": ["-m", "uvicorn", *protocol, "handoffrail_server.asgi:app", "--port", str(port)],
         "gunicorn": ["-m", "gunicorn", *bind, "handoffrail_server.asgi:app"],
     }[runner]
     log = (tmp_path / "server.log").open("wb")

@@ -89,6 +89,8 @@ def serve(
     """Run the API server with Uvicorn (development applies migrations itself)."""
     import uvicorn
 
+    from handoffrail_server.infra.serving import HttpProtocol
+
     settings = _settings()
     if settings.is_development:
         console.print(f"applying migrations to {redact_url(settings.database_url)}")
@@ -116,6 +118,7 @@ def serve(
         forwarded_allow_ips=settings.forwarded_allow_ips,
         log_level=settings.log_level,
         access_log=False,
+        http=HttpProtocol,
     )
 
 
