@@ -11,13 +11,27 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from websockets.asyncio.client import connect
 
 from handoffrail_server.infra.serving import HttpProtocol
 
 BIG = bytes(range(256)) * (4 * 4096)  # 4 MiB: many times the socket's buffer
 
 
+async def _echo_socket(receive: Any, send: Any) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": "echo:" + message["text"]})
+
+
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "websocket":
+        await _echo_socket(receive, send)
+        return
     if scope["type"] != "http":
         return
     body = b""
@@ -99,3 +113,11 @@ async def test_a_slow_reader_that_hangs_up_leaves_the_server_serving(port: int) 
     assert received > 0
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         assert (await client.get("/big")).content == BIG
+
+
+async def test_a_websocket_upgraded_from_the_protocol_carries_every_message(port: int) -> None:
+    async with connect(f"ws://127.0.0.1:{port}/ws") as socket_:
+        for number in range(20):
+            await socket_.send(f"m{number}")
+        answers = [await asyncio.wait_for(socket_.recv(), 5) for _ in range(20)]
+    assert answers == [f"echo:m{number}" for number in range(20)]
