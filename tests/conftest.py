@@ -30,6 +30,7 @@ from handoffrail_server.clock import SystemClock
 from handoffrail_server.db import migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.infra.serving import HttpProtocol
 from handoffrail_server.keys import service as keys_service
 from handoffrail_server.main import create_app
 from handoffrail_server.settings import UNPREFIXED, Settings
@@ -302,7 +303,7 @@ def free_port() -> int:
 
 @dataclass
 class LiveServer:
-    """A real Uvicorn server on loopback, in a thread."""
+    """A real Uvicorn server on loopback, in a thread, with the production HTTP protocol."""
 
     base_url: str
     api_url: str
@@ -320,7 +321,13 @@ def run_live_server(url: str, *, backlog: int = 2048, **overrides: object) -> It
     app = create_app(make_settings(url, **overrides))
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", backlog=backlog
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        backlog=backlog,
+        http=HttpProtocol,  # as `handoffrail serve` and the Gunicorn worker
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
