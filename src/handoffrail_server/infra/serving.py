@@ -3,8 +3,9 @@
 Uvicorn writes a response's status line and headers when the app sends `http.response.start`
 and its body when the app sends `http.response.body`: two `transport.write` calls, and on an
 idle socket each is a `send()` of its own. On loopback TCP a `send()` also runs the receiver's
-half of the TCP stack in the sender's thread, so the second one cost ~5 % of a create's
-server CPU (py-spy of `handoffrail serve` under the benchmark; docs/performance.md, round 12).
+half of the TCP stack in the sender's thread: py-spy of `handoffrail serve` under the
+benchmark put Uvicorn's `send` at 11 % of a create's server CPU, most of it those two calls
+(docs/performance.md, round 12).
 
 `CoalescingTransport` holds a write until the next write on the same connection, which then
 goes out together with it (`writelines`: one `writev`), or until the event loop's next turn
