@@ -221,6 +221,8 @@ def run_app_scenarios(
     pg_query(dsn, "CREATE TABLE IF NOT EXISTS packet_ceiling (LIKE packet INCLUDING ALL)")
     measure_claim_ceilings(report, label, dsn, sizes, db)
     for racers in races:
+        seed = {"url": url, "key": key, "packets": sizes.race[racers], "seconds": sizes.seconds}
+        seeded = loadgen({"scenario": "seed", **seed})  # not in the row's CPU figures
         result = app_loadgen(
             pids,
             {
@@ -228,7 +230,7 @@ def run_app_scenarios(
                 "url": url,
                 "key": key,
                 "racers": racers,
-                "packets": sizes.race[racers],
+                "ids": seeded["ids"],
                 "seconds": sizes.claim_seconds,
             },
             db,
