@@ -59,9 +59,14 @@ async def _turn() -> None:
     await asyncio.sleep(0)
 
 
-async def test_a_write_followed_by_another_in_the_same_turn_leaves_with_it() -> None:
+def _pair() -> tuple[Recorder, CoalescingTransport]:
+    """A recording transport and the coalescing transport in front of it."""
     raw = Recorder()
-    transport = CoalescingTransport(raw, asyncio.get_running_loop())
+    return raw, CoalescingTransport(raw, asyncio.get_running_loop())
+
+
+async def test_a_write_followed_by_another_in_the_same_turn_leaves_with_it() -> None:
+    raw, transport = _pair()
     transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
     assert raw.sent == []
     assert transport.get_write_buffer_size() == 7 + 19
@@ -72,8 +77,7 @@ async def test_a_write_followed_by_another_in_the_same_turn_leaves_with_it() -> 
 
 
 async def test_a_lone_write_leaves_at_the_next_turn_and_order_is_kept() -> None:
-    raw = Recorder()
-    transport = CoalescingTransport(raw, asyncio.get_running_loop())
+    raw, transport = _pair()
     transport.write(b"head")
     await _turn()
     assert raw.sent == [b"head"]
@@ -88,8 +92,7 @@ async def test_a_lone_write_leaves_at_the_next_turn_and_order_is_kept() -> None:
 
 
 async def test_a_reused_buffer_does_not_change_what_is_sent() -> None:
-    raw = Recorder()
-    transport = CoalescingTransport(raw, asyncio.get_running_loop())
+    raw, transport = _pair()
     buffer = bytearray(b"first")
     transport.write(buffer)
     buffer[:] = b"XXXXX"
@@ -98,9 +101,7 @@ async def test_a_reused_buffer_does_not_change_what_is_sent() -> None:
 
 
 async def test_close_sends_what_is_held_and_abort_drops_it() -> None:
-    loop = asyncio.get_running_loop()
-    raw = Recorder()
-    transport = CoalescingTransport(raw, loop)
+    raw, transport = _pair()
     transport.write(b"last words")
     transport.close()
     assert raw.sent == [b"last words"]
@@ -108,15 +109,13 @@ async def test_close_sends_what_is_held_and_abort_drops_it() -> None:
     await _turn()
     assert raw.sent == [b"last words"]
 
-    raw = Recorder()
-    transport = CoalescingTransport(raw, loop)
+    raw, transport = _pair()
     transport.write(b"held")
     transport.write_eof()
     assert raw.sent == [b"held"]
     assert raw.eof
 
-    raw = Recorder()
-    transport = CoalescingTransport(raw, loop)
+    raw, transport = _pair()
     transport.write(b"dropped")
     transport.abort()
     await _turn()
@@ -125,8 +124,7 @@ async def test_close_sends_what_is_held_and_abort_drops_it() -> None:
 
 
 async def test_a_connection_closed_meanwhile_gets_nothing_more() -> None:
-    raw = Recorder()
-    transport = CoalescingTransport(raw, asyncio.get_running_loop())
+    raw, transport = _pair()
     transport.write(b"late")
     raw.closed = True  # the peer went away before the turn ended
     await _turn()
