@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         statement_cache_size=settings.db_statement_cache_size,
         pre_ping=settings.db_pool_pre_ping,
         echo=settings.db_echo,
+        group_commit=settings.db_group_commit,
     )
     state = AppState(
         settings=settings,

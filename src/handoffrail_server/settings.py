@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     #: round trip per request): a connection found dead fails one request with 503 and
     #: SQLAlchemy then replaces every pooled connection of that outage
     db_pool_pre_ping: bool = False
+    #: PostgreSQL: concurrent requests' lone writes (a create) share one transaction and
+    #: round trip, each still committed before its answer (db/group_commit.py)
+    db_group_commit: bool = True
     db_echo: bool = False
     #: seconds a process may reuse a resolved API key (PostgreSQL; cleared at once on any key
     #: or tenant change through LISTEN/NOTIFY, keys/cache.py); 0 looks every key up each time

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.pool import PoolResetState
 
 from handoffrail_server.db import fast_sqlite
+from handoffrail_server.db import group_commit as group_commits
 from handoffrail_server.db.fast import dump_json, load_json
 from handoffrail_server.db.uow import limit_connections, take_turn
 
@@ -42,10 +43,12 @@ def create_engine(
     statement_cache_size: int | None = None,
     pre_ping: bool = False,
     echo: bool = False,
+    group_commit: bool = False,
 ) -> AsyncEngine:
     """Create the async engine for `url` (already normalised by settings). Statement
     parameters never appear in SQLAlchemy's messages or logs (`hide_parameters`): they hold
-    packet contents and key hashes. `statement_cache_size` None: the configured one."""
+    packet contents and key hashes. `statement_cache_size` None: the configured one.
+    `group_commit`: PostgreSQL units of work hand their lone last write to `db.group_commit`."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         pool: dict[str, Any] = {}
@@ -95,6 +98,8 @@ def create_engine(
         json_deserializer=load_json,
     )
     limit_connections(engine, pool_size, pool_timeout)
+    if group_commit:
+        group_commits.enable(engine)
     return engine
 
 

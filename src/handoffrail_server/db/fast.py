@@ -42,7 +42,7 @@ _KEY = "handoffrail.pg_connection"
 #: session.info key: the `Lean` connection of a unit of work (db/uow.py) the session is bound to
 LEAN_KEY = "handoffrail.lean_connection"
 
-_LOST_CONNECTION = (
+LOST_CONNECTION = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
@@ -100,15 +100,24 @@ class Lean:
             return
         try:
             await adapted._call_and_discard(adapted._transaction.commit)
-        except (asyncpg.PostgresError, *_LOST_CONNECTION) as error:
-            lost = isinstance(error, _LOST_CONNECTION) or self.closed()
+        except (asyncpg.PostgresError, *LOST_CONNECTION) as error:
+            lost = isinstance(error, LOST_CONNECTION) or self.closed()
             if lost and self.connection is not None:
                 await self.connection.invalidate()
-            raise _translate(error, lost=lost) from error
+            raise translate(error, lost=lost) from error
 
     def closed(self) -> bool:
         """True when the checked-out driver connection has died."""
         return self.driver is not None and bool(self.driver.is_closed())
+
+
+def idle_unit(session: AsyncSession) -> Lean | None:
+    """The unit of work's `Lean` while it has written nothing and holds no connection (its
+    one write may go elsewhere: `db.group_commit`)."""
+    lean = _lean(session)
+    if lean is None or lean.finished or lean.driver is not None:
+        return None
+    return lean
 
 
 def _lean(session: AsyncSession) -> Lean | None:
@@ -143,7 +152,9 @@ def wrote_nothing(session: AsyncSession) -> None:
     """The statement run after `connection(last=True)` changed no row (a compare-and-set that
     lost): the unit of work has written nothing yet and may write again."""
     lean: Lean | None = session.info.get(LEAN_KEY)
-    if lean is not None and lean.finished and lean.adapted._transaction is None:
+    if lean is None or not lean.finished:
+        return
+    if lean.adapted is None or lean.adapted._transaction is None:  # None: it went to a batch
         lean.finished = False
 
 
@@ -193,7 +204,7 @@ async def connection(
     return driver
 
 
-def _translate(error: BaseException, *, lost: bool) -> sa_exc.DBAPIError:
+def translate(error: BaseException, *, lost: bool) -> sa_exc.DBAPIError:
     if lost:
         return sa_exc.OperationalError(None, None, error, connection_invalidated=True)
     if isinstance(error, asyncpg.IntegrityConstraintViolationError):
@@ -208,11 +219,11 @@ async def translated(session: AsyncSession) -> AsyncIterator[None]:
     """Re-raise driver errors as SQLAlchemy's; a lost connection is dropped from the pool."""
     try:
         yield
-    except (asyncpg.PostgresError, *_LOST_CONNECTION) as error:
-        lost = isinstance(error, _LOST_CONNECTION) or _driver_closed(session)
+    except (asyncpg.PostgresError, *LOST_CONNECTION) as error:
+        lost = isinstance(error, LOST_CONNECTION) or _driver_closed(session)
         if lost:
             await _discard_connection(session)
-        raise _translate(error, lost=lost) from error
+        raise translate(error, lost=lost) from error
 
 
 def _driver_closed(session: AsyncSession) -> bool:
@@ -338,6 +349,15 @@ class Statement:
 
     sql: str
     args: tuple[Any, ...] = ()
+    #: indexes in `args` of stream event positions (group commit renumbers them)
+    positions: tuple[int, ...] = ()
+    #: indexes in `args` that group commit sets to the statement's place in its batch (0
+    #: alone), selected as `MEMBER_COLUMN` to tell whose the returned rows are
+    member: tuple[int, ...] = ()
+
+
+#: the column of a statement's rows that names its place in a batch (`Statement.member`)
+MEMBER_COLUMN = "handoffrail_batch_member"
 
 
 def insert_statement(objects: Sequence[Base]) -> Statement:
@@ -418,14 +438,20 @@ def together(writes: Sequence[Statement], then: Statement) -> Statement:
     inserted beside it. Placeholders are renumbered in order."""
     parts: list[str] = []
     args: list[Any] = []
+    positions: list[int] = []
+    member: list[int] = []
     for index, write in enumerate(writes):
         parts.append(f"w{index} AS ({_shifted(write.sql, len(args))})")
+        positions.extend(len(args) + position for position in write.positions)
+        member.extend(len(args) + place for place in write.member)
         args.extend(write.args)
     sql = _shifted(then.sql, len(args))
+    positions.extend(len(args) + position for position in then.positions)
+    member.extend(len(args) + place for place in then.member)
     args.extend(then.args)
     if parts:
         sql = f"WITH {', '.join(parts)} {sql}"
-    return Statement(sql, tuple(args))
+    return Statement(sql, tuple(args), tuple(positions), tuple(member))
 
 
 async def fetch(session: AsyncSession, driver: asyncpg.Connection, statement: Statement) -> Any:

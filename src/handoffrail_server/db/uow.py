@@ -64,13 +64,20 @@ class _Limit:
     timeout: float
 
 
+@dataclass(slots=True)
+class _Held:
+    """A connection slot held by a task's unit of work."""
+
+    task: asyncio.Task[object] | None
+    semaphore: asyncio.Semaphore
+    released: bool = False  #: given back early (`release_slot`)
+
+
 _sqlite_writers: _PerLoop[asyncio.Lock] = _PerLoop()
 _gates: _PerLoop[asyncio.Semaphore] = _PerLoop()
 _limits: weakref.WeakKeyDictionary[AsyncEngine, _Limit] = weakref.WeakKeyDictionary()
-#: the task holding a slot; tasks it spawns inherit the variable but are other tasks
-_slot_holder: ContextVar[asyncio.Task[object] | None] = ContextVar(
-    "handoffrail_uow_slot_holder", default=None
-)
+#: the slot the current task holds; tasks it spawns inherit the variable but are other tasks
+_slot_holder: ContextVar[_Held | None] = ContextVar("handoffrail_uow_slot_holder", default=None)
 
 
 def limit_connections(engine: AsyncEngine, connections: int, timeout: float) -> None:
@@ -154,12 +161,30 @@ def _gate(bind: object) -> tuple[asyncio.Semaphore, float] | None:
     if not isinstance(bind, AsyncEngine):
         return None
     holder = _slot_holder.get()
-    if holder is not None and holder is asyncio.current_task():
+    if holder is not None and holder.task is asyncio.current_task():
         return None
     limit = _limits.get(bind)
     if limit is None:
         return None
     return _gates.get(bind, lambda: asyncio.Semaphore(limit.connections)), limit.timeout
+
+
+def release_slot() -> None:
+    """The current task's unit of work gives its connection slot back before it ends: it
+    holds no connection and takes none any more (its write went to `db.group_commit`, whose
+    batch takes a slot of its own)."""
+    held = _slot_holder.get()
+    if held is not None and held.task is asyncio.current_task() and not held.released:
+        held.released = True
+        held.semaphore.release()
+
+
+@asynccontextmanager
+async def connection_slot(bind: object) -> AsyncIterator[None]:
+    """One of the engine's connection slots for a task that is not a unit of work (a group
+    commit batch), waiting its turn like units do; the pool's TimeoutError after its wait."""
+    async with _slot(bind):
+        yield
 
 
 @asynccontextmanager
@@ -179,12 +204,14 @@ async def _slot(bind: object) -> AsyncIterator[None]:
             raise sa_exc.TimeoutError(
                 f"no database connection became free within {timeout:g} s"
             ) from None
-    token = _slot_holder.set(asyncio.current_task())
+    held = _Held(asyncio.current_task(), semaphore)
+    token = _slot_holder.set(held)
     try:
         yield
     finally:
         _slot_holder.reset(token)
-        semaphore.release()
+        if not held.released:
+            semaphore.release()
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handoffrail_server.db import fast, fast_sqlite
+from handoffrail_server.db import fast, fast_sqlite, group_commit
 from handoffrail_server.db.models import Packet
 from handoffrail_server.packets.repository import Change, PacketFilter, filter_conditions
 from handoffrail_server.realtime import repository as stream_log
@@ -161,9 +161,13 @@ async def claim_first(
     merged into its metadata), and `change`'s history, stream and outbox rows written from the
     row it picked — its id and metadata taken from that row, the rest from `change` (built for
     a placeholder packet). None when no packet is claimable (nothing written). A `last` change
-    of a unit that has not written commits on its own."""
-    driver = await fast.connection(session, last=change.last)
-    assert driver is not None, "PostgreSQL only"
+    of a unit that has not written commits on its own, in a batch of other units' when it holds
+    no connection (`db.group_commit`)."""
+    grouped = change.last and group_commit.takes(session)
+    driver = None
+    if not grouped:
+        driver = await fast.connection(session, last=change.last)
+        assert driver is not None, "PostgreSQL only"
     claim = fast.Statement(
         _pg_claim_first_sql(),
         (
@@ -183,8 +187,16 @@ async def claim_first(
     ]
     if change.webhook is not None:
         writes.append(webhook_rows.pg_fan_out_for_row(tenant_id, change.webhook, "w0"))
-    query = fast.Statement(f"SELECT {fast.select_list(Packet)} FROM w0")  # noqa: S608  # nosec B608 - model identifiers
-    rows = await fast.fetch(session, driver, fast.together(writes, query))
+    query = fast.Statement(
+        f"SELECT {fast.select_list(Packet)}, $1::int AS {fast.MEMBER_COLUMN} FROM w0",  # noqa: S608  # nosec B608 - model identifiers
+        (0,),
+        member=(0,),
+    )
+    statement = fast.together(writes, query)
+    if driver is None:
+        rows = await group_commit.commit_last(session, statement)
+    else:
+        rows = await fast.fetch(session, driver, statement)
     if not rows:
         fast.wrote_nothing(session)
         return None

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handoffrail_server.db import fast, fast_sqlite, uow
+from handoffrail_server.db import fast, fast_sqlite, group_commit, uow
 from handoffrail_server.db.models import Packet, PacketEvent, PacketTag, StreamEvent
 from handoffrail_server.db.rows import replaced, transient
 from handoffrail_server.packets import policy
@@ -116,9 +116,20 @@ async def write_change(session: AsyncSession, change: Change) -> bool:
     a `last` change of a unit that has not begun goes through the write queue
     (`db.sqlite_writer`).
     """
-    driver = await fast.connection(session, last=change.last)
+    if change.last and group_commit.takes(session):
+        statement = fast.together(_pg_writes(session, change), fast.Statement("SELECT 1"))
+        await group_commit.commit_last(session, statement)
+        return False
+    driver = await fast.connection(session, last=change.last)  # before numbering its events
     if driver is None:
         return await _write_change_sqlite(session, change)
+    statement = fast.together(_pg_writes(session, change), fast.Statement("SELECT 1"))
+    await fast.fetch(session, driver, statement)
+    return False
+
+
+def _pg_writes(session: AsyncSession, change: Change) -> list[fast.Statement]:
+    """The statements of `change` on PostgreSQL, to run as one (`fast.together`)."""
     writes: list[fast.Statement] = []
     if change.created is not None:
         packet = change.created
@@ -130,8 +141,7 @@ async def write_change(session: AsyncSession, change: Change) -> bool:
     writes.append(stream_log.pg_insert(session, change.stream_event))
     if change.webhook is not None:
         writes.append(webhook_rows.pg_fan_out(change.event.tenant_id, change.webhook))
-    await fast.fetch(session, driver, fast.together(writes, fast.Statement("SELECT 1")))
-    return False
+    return writes
 
 
 def _sqlite_writes(session: AsyncSession, change: Change) -> list[fast_sqlite.Statement]:

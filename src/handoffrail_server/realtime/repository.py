@@ -135,6 +135,7 @@ def pg_insert_for_row(session: AsyncSession, event: StreamEvent, source: str) ->
             fast.dump_json(event.data),
             event.created_at,
         ),
+        positions=(0,),
     )
 
 
@@ -156,6 +157,7 @@ def pg_insert(
             fast.dump_json(event.data),
             event.created_at,
         ),
+        positions=(0,),
     )
 
 
