@@ -248,3 +248,34 @@ async def test_off_by_default_for_engines_not_asking_for_it(
     held: list[object] = []
     await _create(sessions, tenant_id, held=held)
     assert held[0] is not None  # its own connection, as before
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ((2, "two"), sa_exc.DataError),  # refused by the driver, before it reaches the server
+        ((1, 5), sa_exc.IntegrityError),  # refused by the server: a duplicate key
+    ],
+)
+async def test_a_statement_refused_in_its_batch_fails_alone(
+    grouped: async_sessionmaker[AsyncSession],
+    bad: tuple[object, object],
+    error: type[Exception],
+) -> None:
+    engine = _engine(grouped)
+    table = f"probe_{uuid.uuid4().hex[:8]}"
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql(f"CREATE TABLE {table} (id int PRIMARY KEY, v int)")
+    insert = f"INSERT INTO {table} VALUES ($1, $2)"  # noqa: S608  # nosec B608 - test table
+    await group_commit.commit(engine, fast.Statement(insert, (1, 1)))
+    outcomes = await asyncio.gather(
+        group_commit.commit(engine, fast.Statement(insert, (10, 1))),
+        group_commit.commit(engine, fast.Statement(insert, bad)),
+        group_commit.commit(engine, fast.Statement(insert, (11, 1))),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == outcomes[2] == []
+    assert isinstance(outcomes[1], error)
+    async with engine.connect() as connection:
+        rows = await connection.exec_driver_sql(f"SELECT id FROM {table} ORDER BY id")  # noqa: S608  # nosec B608 - test table
+        assert [row[0] for row in rows] == [1, 10, 11]

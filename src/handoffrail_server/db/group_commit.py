@@ -45,8 +45,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from handoffrail_server.db import fast, uow
 
-#: statements per batch (each numbers its stream events from where the previous one ended)
-MAX_BATCH = 64
+#: statements per batch. Smaller batches run side by side on several connections, so the
+#: server's event loop and PostgreSQL's backends overlap; larger ones save round trips. In
+#: alternating runs of the harness (create at 50 clients, claim-next by 32 workers) 16 beat
+#: 64 by 13-30 % and 8 by 0-12 % (docs/performance.md, round 13).
+MAX_BATCH = 16
 
 
 @dataclass(slots=True)
@@ -212,6 +215,10 @@ def _members(batches: list[list[_Member]]) -> list[_Member]:
     return [member for batch in batches for member in batch]
 
 
+def _same(error: BaseException) -> BaseException:
+    return error
+
+
 def _translate(error: BaseException, lost: bool) -> BaseException:
     return fast.translate(error, lost=lost)
 
@@ -237,13 +244,16 @@ async def _run_batch(
             await driver.execute(first.sql, *first.args)
         else:
             await driver.executemany(first.sql, renumbered(statements))
-    except (asyncpg.PostgresError, *fast.LOST_CONNECTION) as error:
+    except Exception as error:  # every error is some member's outcome
         if isinstance(error, fast.LOST_CONNECTION) or driver.is_closed():
             await connection.invalidate()
             _fail(batch, partial(_translate, error, True))
             return False
-        if len(batch) == 1:
-            _fail(batch, partial(_translate, error, False))
+        if len(batch) == 1:  # its own error, as `fast.fetch` would raise it
+            from_server = isinstance(error, asyncpg.PostgresError)
+            _fail(
+                batch, partial(_translate, error, False) if from_server else partial(_same, error)
+            )
             return True
         # the whole batch rolled back: each statement again, alone, for its own outcome
         for member in batch:
