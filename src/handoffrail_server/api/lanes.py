@@ -26,7 +26,6 @@ serialisation); our metrics and access log are the same. `HR_FAST_LANES=false` b
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from starlette.routing import BaseRoute, Match, compile_path
 from starlette.types import Message, Receive, Scope, Send
 
 from handoffrail_server.api.deps import app_state, request_session, resolve_principal
+from handoffrail_server.db.fast import load_json
 
 #: scope key set when a lane hands a request to FastAPI's routing (lanes then do not match)
 HANDED_OVER = "handoffrail.lane_handed_over"
@@ -152,7 +152,8 @@ class Lane(BaseRoute):
         try:
             arguments: dict[str, Any] = {}
             if self._body is not None:
-                arguments["body"] = self._body.validate_python(json.loads(body))
+                # `json.loads`'s value (orjson where it reads the same), validated as FastAPI does
+                arguments["body"] = self._body.validate_python(load_json(body))
             params = scope["path_params"]
             for name, adapter in self._path_types:
                 arguments[name] = adapter.validate_python(params[name])

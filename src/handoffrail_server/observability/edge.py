@@ -41,6 +41,21 @@ _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 
 access_log = structlog.get_logger("handoffrail.access")
 
+#: (method, endpoint, status) -> the request counter's and latency histogram's series:
+#: prometheus-client's `labels()` takes a lock and checks its arguments on every call
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_MAX_SERIES = 4096  #: beyond this (junk methods), series are looked up each time, not kept
+
+
+def _series(method: str, endpoint: str, status: int) -> tuple[Any, Any]:
+    key = (method, endpoint, status)
+    found = _SERIES.get(key)
+    if found is None:
+        found = (REQUESTS.labels(method, endpoint, str(status)), LATENCY.labels(method, endpoint))
+        if len(_SERIES) < _MAX_SERIES:
+            _SERIES[key] = found
+    return found
+
 
 class BodyTooLarge(HTTPException):
     """Raised inside receive() when the streamed body passes the cap.
@@ -154,8 +169,9 @@ class _Exchange:
         elapsed = time.perf_counter() - self.started
         endpoint = route_template(scope)
         method = str(scope.get("method", "GET"))
-        REQUESTS.labels(method, endpoint, str(self.status_code)).inc()
-        LATENCY.labels(method, endpoint).observe(elapsed)
+        requests, latency = _series(method, endpoint, self.status_code)
+        requests.inc()
+        latency.observe(elapsed)
         principal = scope.get("state", {}).get("principal")
         access_log.info(
             "http.request",
