@@ -5,7 +5,8 @@ checks a connection out, sends the statement, PostgreSQL commits it, the connect
 Under load most of that work is per statement, not per row: the checkout and return, the
 round trip, the transaction and its commit record. Here a unit of work whose only write is
 such a statement hands it over instead (`commit`); what the units of one event loop hand over
-during one turn of the loop is sent as one pipelined batch (`executemany`: one round trip, one
+during one turn of the loop is sent as one pipelined batch (`executemany`, or `fetchmany` for
+claim-next, whose rows name their statement's place in the batch: one round trip, one
 implicit transaction, one commit), by a task of its own on a connection of its own, and each
 unit learns the outcome of its own statement before its request is answered.
 
@@ -89,10 +90,6 @@ def enable(engine: AsyncEngine) -> None:
 def stats(engine: AsyncEngine) -> Stats | None:
     """The engine's counters; None when group commit is off for it."""
     return _enabled.get(engine)
-
-
-def enabled(engine: AsyncEngine) -> bool:
-    return engine in _enabled
 
 
 def takes(session: AsyncSession) -> bool:

@@ -21,6 +21,9 @@ become a long latency tail:
   readiness probes and other direct users), waiting at most the pool timeout (then the pool's
   own TimeoutError: a 503, as before). A unit of work opened inside another one in
   the same task does not take a second slot, so nesting cannot deadlock; tasks it spawns do.
+  A unit that hands its last write to group commit (`db.group_commit`) holds no connection
+  and gives its slot back at once (`release_slot`); the batch's sender takes one of its own
+  (`connection_slot`).
 """
 
 from __future__ import annotations
