@@ -7,12 +7,13 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 from handoffrail_server.db.base import Base
 from handoffrail_server.db.models import PacketEvent
-from handoffrail_server.db.rows import insert_rows, transient, values
+from handoffrail_server.db.rows import insert_rows, replaced, transient, values
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -63,3 +64,49 @@ def test_a_transient_row_inserts_through_core_and_through_the_session() -> None:
         return sorted((actor, tenant) for actor, tenant in rows)
 
     assert asyncio.run(scenario()) == [("agent:a", "t1"), ("agent:added", "t1")]
+
+
+def test_values_reads_an_unloaded_attribute_of_a_stored_row_through_the_orm() -> None:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine, expire_on_commit=False) as session:
+        stored = PacketEvent(**_event_values())
+        session.add(stored)
+        session.commit()
+        session.expire(stored, ["actor", "details"])
+        assert "actor" not in stored.__dict__
+        read = values(stored)  # loads them, where `__dict__` alone would say None
+    assert read["actor"] == "agent:a"
+    assert read["details"] == {"status": "created"}
+    assert "from_status" not in read  # None: left to its default
+
+
+def test_values_of_a_transient_row_leave_out_what_was_never_set() -> None:
+    given = _event_values()
+    del given["details"]
+    assert "details" not in values(transient(PacketEvent, **given))
+    assert values(transient(PacketEvent, **given))["actor"] == "agent:a"
+
+
+def test_replaced_copies_every_column_and_applies_the_changes() -> None:
+    given = _event_values()
+    del given["details"]
+    original = transient(PacketEvent, **given)
+    copy = replaced(original, actor="agent:b")
+    assert copy is not original
+    assert (copy.actor, original.actor) == ("agent:b", "agent:a")
+    assert copy.details is None  # never set: None, as reading the original gives
+    assert values(copy) == {**values(original), "actor": "agent:b"}
+
+
+def test_replaced_reads_an_unloaded_attribute_of_a_stored_row_through_the_orm() -> None:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine, expire_on_commit=False) as session:
+        stored = PacketEvent(**_event_values())
+        session.add(stored)
+        session.commit()
+        session.expire(stored, ["details"])
+        copy = replaced(stored, actor="agent:b")
+    assert copy.details == {"status": "created"}
+    assert inspect(copy).transient

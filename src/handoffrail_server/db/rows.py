@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Insert, Table, insert, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import class_mapper
+from sqlalchemy.orm.base import instance_state
 
 from handoffrail_server.db.base import Base
 
 M = TypeVar("M", bound=Base)
+_MISSING = object()
 
 
 @cache
@@ -42,7 +44,11 @@ def transient(model: type[M], **values: Any) -> M:
 def replaced(obj: M, **changes: Any) -> M:
     """A transient copy of `obj` (every column attribute) with `changes` applied."""
     model = type(obj)
-    current = {key: getattr(obj, key) for key in _attributes(model)}
+    if instance_state(obj).key is None:  # no database row: what is not in `__dict__` is None
+        stored = obj.__dict__
+        current = {key: stored.get(key) for key in _attributes(model)}
+    else:
+        current = {key: getattr(obj, key) for key in _attributes(model)}
     return transient(model, **{**current, **changes})
 
 
@@ -66,10 +72,18 @@ def _insert(model: type[Base]) -> Insert:
 
 
 def values(obj: Base) -> dict[str, Any]:
-    """Column values of a transient object; unset (None) columns take their column default."""
+    """Column values of a transient object; unset (None) columns take their column default.
+
+    Read from the object's `__dict__` (the ORM's attribute descriptors cost more than the rest
+    of building the row): an attribute missing there reads as None while the object has no
+    database row yet, and through the ORM otherwise (it may be expired or deferred)."""
     result: dict[str, Any] = {}
+    stored = obj.__dict__
+    unsaved = instance_state(obj).key is None  # transient or pending: nothing to load
     for attribute, column in _columns(type(obj)):
-        value = getattr(obj, attribute)
+        value = stored.get(attribute, _MISSING)
+        if value is _MISSING:
+            value = None if unsaved else getattr(obj, attribute)
         if value is not None:
             result[column] = value
     return result
