@@ -18,6 +18,7 @@ from handoffrail_server.db import fast, group_commit
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import Packet, PacketEvent, StreamEvent, WebhookDelivery
 from handoffrail_server.db.uow import unit_of_work
+from handoffrail_server.observability import metrics
 from handoffrail_server.packets import claims
 from handoffrail_server.packets.schemas import ClaimNext, PacketCreate
 from handoffrail_server.packets.service import PacketService
@@ -74,11 +75,13 @@ async def test_concurrent_creates_share_one_transaction_and_number_their_stream_
     await subscribe(grouped, tenant_id, ["packet.created"])
     stats = _stats(grouped)
     before = (stats.statements, stats.batches)
+    observed = metrics.DB_GROUP_COMMIT_STATEMENTS._sum.get()
     held: list[object] = []
     packets = await asyncio.gather(*(_create(grouped, tenant_id, held=held) for _ in range(20)))
     assert held == [None] * 20  # no unit checked a connection out of its own
     assert stats.statements - before[0] == 20
     assert stats.batches - before[1] < 20  # fewer round trips than statements
+    assert metrics.DB_GROUP_COMMIT_STATEMENTS._sum.get() - observed == 20  # operators see it
     async with unit_of_work(grouped) as session:
         stored = set(await session.scalars(select(Packet.id).where(Packet.tenant_id == tenant_id)))
         ids = list(

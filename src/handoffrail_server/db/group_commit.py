@@ -45,6 +45,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from handoffrail_server.db import fast, uow
+from handoffrail_server.observability import metrics
 
 #: statements per batch. Smaller batches run side by side on several connections, so the
 #: server's event loop and PostgreSQL's backends overlap; larger ones save round trips. In
@@ -193,6 +194,7 @@ async def _send(groups: _Groups) -> None:
                 for index, batch in enumerate(batches):
                     counters.batches += 1
                     counters.statements += len(batch)
+                    metrics.DB_GROUP_COMMIT_STATEMENTS.observe(len(batch))
                     if not await _run_batch(connection, driver, batch, counters):
                         rest = [member for later in batches[index + 1 :] for member in later]
                         _fail(rest, partial(_translate, ConnectionError("lost"), True))

@@ -72,6 +72,11 @@ DB_POOL_SIZE = Gauge(
     "Configured database pool size of this process",
     multiprocess_mode="livesum",
 )
+DB_GROUP_COMMIT_STATEMENTS = Histogram(
+    "handoffrail_db_group_commit_statements",
+    "Statements per group-commit batch (HR_DB_GROUP_COMMIT): one round trip and transaction",
+    buckets=(1, 2, 4, 8, 12, 16),
+)
 DB_ERRORS = Counter(
     "handoffrail_db_unavailable_total",
     "Requests answered 503 because the database was unavailable",
