@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -66,14 +68,21 @@ def test_a_transient_row_inserts_through_core_and_through_the_session() -> None:
     assert asyncio.run(scenario()) == [("agent:a", "t1"), ("agent:added", "t1")]
 
 
-def test_values_reads_an_unloaded_attribute_of_a_stored_row_through_the_orm() -> None:
+@contextmanager
+def _stored_event(*expired: str) -> Iterator[PacketEvent]:
+    """A stored history row whose `expired` attributes the ORM must load again."""
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)
     with Session(engine, expire_on_commit=False) as session:
         stored = PacketEvent(**_event_values())
         session.add(stored)
         session.commit()
-        session.expire(stored, ["actor", "details"])
+        session.expire(stored, list(expired))
+        yield stored
+
+
+def test_values_reads_an_unloaded_attribute_of_a_stored_row_through_the_orm() -> None:
+    with _stored_event("actor", "details") as stored:
         assert "actor" not in stored.__dict__
         read = values(stored)  # loads them, where `__dict__` alone would say None
     assert read["actor"] == "agent:a"
@@ -100,13 +109,7 @@ def test_replaced_copies_every_column_and_applies_the_changes() -> None:
 
 
 def test_replaced_reads_an_unloaded_attribute_of_a_stored_row_through_the_orm() -> None:
-    engine = create_engine("sqlite://")
-    Base.metadata.create_all(engine)
-    with Session(engine, expire_on_commit=False) as session:
-        stored = PacketEvent(**_event_values())
-        session.add(stored)
-        session.commit()
-        session.expire(stored, ["details"])
+    with _stored_event("details") as stored:
         copy = replaced(stored, actor="agent:b")
     assert copy.details == {"status": "created"}
     assert inspect(copy).transient

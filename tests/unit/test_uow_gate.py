@@ -24,7 +24,7 @@ def test_waiters_get_slots_in_arrival_order_even_against_newcomers() -> None:
         order: list[int] = []
 
         async def unit(index: int) -> None:
-            async with uow._slot(engine):
+            async with uow.connection_slot(engine):
                 order.append(index)
                 await asyncio.sleep(0.01)
 
@@ -41,7 +41,10 @@ def test_waiters_get_slots_in_arrival_order_even_against_newcomers() -> None:
 def test_a_nested_unit_takes_no_second_slot() -> None:
     async def scenario() -> str:
         engine = _engine(1)
-        async with uow._slot(engine), uow._slot(engine):  # would wait forever with a 2nd slot
+        async with (
+            uow.connection_slot(engine),
+            uow.connection_slot(engine),
+        ):  # would wait forever with a 2nd slot
             result = "nested"
         await engine.dispose()
         return result
@@ -53,13 +56,13 @@ def test_waiting_past_the_pool_timeout_is_the_pool_timeout_error() -> None:
     async def scenario() -> None:
         engine = _engine(1, timeout=0.05)
         try:
-            async with uow._slot(engine):
+            async with uow.connection_slot(engine):
                 await asyncio.create_task(_enter(engine))
         finally:
             await engine.dispose()
 
     async def _enter(engine: AsyncEngine) -> None:
-        async with uow._slot(engine):
+        async with uow.connection_slot(engine):
             pytest.fail("a second slot was handed out")
 
     with pytest.raises(sa_exc.TimeoutError, match=r"within 0\.05 s"):
@@ -69,7 +72,7 @@ def test_waiting_past_the_pool_timeout_is_the_pool_timeout_error() -> None:
 def test_an_engine_without_a_limit_is_not_gated() -> None:
     async def scenario() -> None:
         engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
-        async with uow._slot(engine), uow._slot(engine):
+        async with uow.connection_slot(engine), uow.connection_slot(engine):
             pass
         await engine.dispose()
 

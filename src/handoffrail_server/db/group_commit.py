@@ -197,7 +197,7 @@ async def _send(groups: _Groups) -> None:
                     metrics.DB_GROUP_COMMIT_STATEMENTS.observe(len(batch))
                     if not await _run_batch(connection, driver, batch, counters):
                         rest = [member for later in batches[index + 1 :] for member in later]
-                        _fail(rest, partial(_translate, ConnectionError("lost"), True))
+                        _fail(rest, partial(fast.translate, ConnectionError("lost"), lost=True))
                         return
             finally:
                 await asyncio.shield(connection.close())
@@ -212,14 +212,6 @@ async def _send(groups: _Groups) -> None:
 
 def _members(batches: list[list[_Member]]) -> list[_Member]:
     return [member for batch in batches for member in batch]
-
-
-def _same(error: BaseException) -> BaseException:
-    return error
-
-
-def _translate(error: BaseException, lost: bool) -> BaseException:
-    return fast.translate(error, lost=lost)
 
 
 async def _run_batch(
@@ -246,13 +238,13 @@ async def _run_batch(
     except Exception as error:  # every error is some member's outcome
         if isinstance(error, fast.LOST_CONNECTION) or driver.is_closed():
             await connection.invalidate()
-            _fail(batch, partial(_translate, error, True))
+            _fail(batch, partial(fast.translate, error, lost=True))
             return False
         if len(batch) == 1:  # its own error, as `fast.fetch` would raise it
-            from_server = isinstance(error, asyncpg.PostgresError)
-            _fail(
-                batch, partial(_translate, error, False) if from_server else partial(_same, error)
-            )
+            if not batch[0].done.done():
+                from_server = isinstance(error, asyncpg.PostgresError)
+                outcome = fast.translate(error, lost=False) if from_server else error
+                batch[0].done.set_exception(outcome)
             return True
         # the whole batch rolled back: each statement again, alone, for its own outcome
         for member in batch:

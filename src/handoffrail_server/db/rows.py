@@ -10,7 +10,8 @@ per-attribute set events cost more than the rest of building a row (three rows p
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Insert, Table, insert, inspect
@@ -21,7 +22,6 @@ from sqlalchemy.orm.base import instance_state
 from handoffrail_server.db.base import Base
 
 M = TypeVar("M", bound=Base)
-_MISSING = object()
 
 
 @cache
@@ -41,14 +41,21 @@ def transient(model: type[M], **values: Any) -> M:
     return obj
 
 
+def _reader(obj: Base) -> Callable[[str], Any]:
+    """Reads a column attribute of `obj`: from its `__dict__` while it has no database row
+    (transient or pending: a missing attribute is None; the ORM's attribute descriptors cost
+    more than the rest of building a row), through the ORM otherwise (it may be expired or
+    deferred)."""
+    if instance_state(obj).key is None:
+        return obj.__dict__.get
+    return partial(getattr, obj)
+
+
 def replaced(obj: M, **changes: Any) -> M:
     """A transient copy of `obj` (every column attribute) with `changes` applied."""
     model = type(obj)
-    if instance_state(obj).key is None:  # no database row: what is not in `__dict__` is None
-        stored = obj.__dict__
-        current = {key: stored.get(key) for key in _attributes(model)}
-    else:
-        current = {key: getattr(obj, key) for key in _attributes(model)}
+    read = _reader(obj)
+    current = {key: read(key) for key in _attributes(model)}
     return transient(model, **{**current, **changes})
 
 
@@ -72,18 +79,11 @@ def _insert(model: type[Base]) -> Insert:
 
 
 def values(obj: Base) -> dict[str, Any]:
-    """Column values of a transient object; unset (None) columns take their column default.
-
-    Read from the object's `__dict__` (the ORM's attribute descriptors cost more than the rest
-    of building the row): an attribute missing there reads as None while the object has no
-    database row yet, and through the ORM otherwise (it may be expired or deferred)."""
+    """Column values of a transient object; unset (None) columns take their column default."""
     result: dict[str, Any] = {}
-    stored = obj.__dict__
-    unsaved = instance_state(obj).key is None  # transient or pending: nothing to load
+    read = _reader(obj)
     for attribute, column in _columns(type(obj)):
-        value = stored.get(attribute, _MISSING)
-        if value is _MISSING:
-            value = None if unsaved else getattr(obj, attribute)
+        value = read(attribute)
         if value is not None:
             result[column] = value
     return result

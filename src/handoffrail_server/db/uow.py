@@ -184,14 +184,8 @@ def release_slot() -> None:
 
 @asynccontextmanager
 async def connection_slot(bind: object) -> AsyncIterator[None]:
-    """One of the engine's connection slots for a task that is not a unit of work (a group
-    commit batch), waiting its turn like units do; the pool's TimeoutError after its wait."""
-    async with _slot(bind):
-        yield
-
-
-@asynccontextmanager
-async def _slot(bind: object) -> AsyncIterator[None]:
+    """One of the engine's connection slots, waiting its turn in arrival order (units of work,
+    and group commit's batches); the pool's TimeoutError after its wait."""
     gate = _gate(bind)
     if gate is None:
         yield
@@ -234,7 +228,7 @@ async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterat
             if turn.held:
                 lock.release()
         return
-    async with _slot(bind):
+    async with connection_slot(bind):
         if isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql":
             async with _on_one_connection(factory, bind) as session:
                 yield session

@@ -117,19 +117,17 @@ async def write_change(session: AsyncSession, change: Change) -> bool:
     (`db.sqlite_writer`).
     """
     if change.last and group_commit.takes(session):
-        statement = fast.together(_pg_writes(session, change), fast.Statement("SELECT 1"))
-        await group_commit.commit_last(session, statement)
+        await group_commit.commit_last(session, _pg_statement(session, change))
         return False
     driver = await fast.connection(session, last=change.last)  # before numbering its events
     if driver is None:
         return await _write_change_sqlite(session, change)
-    statement = fast.together(_pg_writes(session, change), fast.Statement("SELECT 1"))
-    await fast.fetch(session, driver, statement)
+    await fast.fetch(session, driver, _pg_statement(session, change))
     return False
 
 
-def _pg_writes(session: AsyncSession, change: Change) -> list[fast.Statement]:
-    """The statements of `change` on PostgreSQL, to run as one (`fast.together`)."""
+def _pg_statement(session: AsyncSession, change: Change) -> fast.Statement:
+    """The writes of `change` on PostgreSQL as one statement."""
     writes: list[fast.Statement] = []
     if change.created is not None:
         packet = change.created
@@ -141,7 +139,7 @@ def _pg_writes(session: AsyncSession, change: Change) -> list[fast.Statement]:
     writes.append(stream_log.pg_insert(session, change.stream_event))
     if change.webhook is not None:
         writes.append(webhook_rows.pg_fan_out(change.event.tenant_id, change.webhook))
-    return writes
+    return fast.together(writes, fast.Statement("SELECT 1"))
 
 
 def _sqlite_writes(session: AsyncSession, change: Change) -> list[fast_sqlite.Statement]:
