@@ -35,6 +35,7 @@ from handoffrail_server.observability.runtime import (
     young_threshold,
 )
 from handoffrail_server.observability.sentry import init_sentry
+from handoffrail_server.packets import recent
 from handoffrail_server.packets.deadlines import expire_due
 from handoffrail_server.realtime.broker import Broker
 from handoffrail_server.realtime.router import router as realtime_router
@@ -99,6 +100,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         echo=settings.db_echo,
         group_commit=settings.db_group_commit,
     )
+    if engine.dialect.name == "postgresql":
+        recent.enable(engine, settings.recent_packets)
     state = AppState(
         settings=settings,
         engine=engine,

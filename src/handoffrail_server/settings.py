@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     #: PostgreSQL: concurrent requests' lone writes (a create) share one transaction and
     #: round trip, each still committed before its answer (db/group_commit.py)
     db_group_commit: bool = True
+    #: PostgreSQL: rows of packets this process changed moments ago; a claim or PATCH of one
+    #: skips its read (its compare-and-set checks the row is unchanged; packets/recent.py)
+    recent_packets: int = Field(default=256, ge=0, le=100_000)
     db_echo: bool = False
     #: seconds a process may reuse a resolved API key (PostgreSQL; cleared at once on any key
     #: or tenant change through LISTEN/NOTIFY, keys/cache.py); 0 looks every key up each time

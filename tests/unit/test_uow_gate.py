@@ -77,3 +77,47 @@ def test_an_engine_without_a_limit_is_not_gated() -> None:
         await engine.dispose()
 
     asyncio.run(asyncio.wait_for(scenario(), 2.0))
+
+
+def test_a_slot_given_back_early_is_taken_again_in_turn_and_released_once() -> None:
+    async def scenario() -> list[str]:
+        engine = _engine(1, timeout=0.2)
+        order: list[str] = []
+
+        async def other() -> None:
+            async with uow.connection_slot(engine):
+                order.append("other")
+                await asyncio.sleep(0.01)
+
+        async with uow.connection_slot(engine):
+            uow.release_slot()  # its write went to a group-commit batch
+            waiting = asyncio.create_task(other())
+            await asyncio.sleep(0)  # the other unit takes the freed slot
+            await uow.retake_slot()  # the write changed nothing: it reads next
+            order.append("again")
+            uow.release_slot()
+            uow.release_slot()  # a second release gives nothing back twice
+            await uow.retake_slot()
+        await waiting
+        async with uow.connection_slot(engine):
+            order.append("free")  # the one slot is back...
+            with pytest.raises(sa_exc.TimeoutError):  # ...exactly once
+                await asyncio.create_task(_enter(engine))
+        await engine.dispose()
+        return order
+
+    async def _enter(engine: AsyncEngine) -> None:
+        async with uow.connection_slot(engine):
+            pass
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 2.0)) == ["other", "again", "free"]
+
+
+def test_retaking_a_slot_that_was_never_given_back_takes_nothing() -> None:
+    async def scenario() -> None:
+        engine = _engine(1)
+        async with uow.connection_slot(engine):
+            await uow.retake_slot()  # would wait forever for the slot it holds
+        await engine.dispose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 2.0))

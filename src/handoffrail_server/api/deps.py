@@ -26,6 +26,7 @@ from handoffrail_server.limits.ratelimit import Decision, RateLimiter, per_hour,
 from handoffrail_server.limits.service import TenantLimits
 from handoffrail_server.limits.tiers import Quotas, effective_quotas
 from handoffrail_server.observability import metrics
+from handoffrail_server.packets import recent
 from handoffrail_server.realtime.broker import Broker
 from handoffrail_server.realtime.service import NOTIFY_KEY
 from handoffrail_server.settings import Settings
@@ -82,10 +83,12 @@ def app_state(request: Request) -> AppState:
 
 @asynccontextmanager
 async def request_session(state: AppState) -> AsyncIterator[AsyncSession]:
-    """A request's unit of work; once committed, wake stream readers of the tenants whose
-    events it wrote."""
+    """A request's unit of work; once committed, keep the packet rows it left for the next
+    claim or PATCH (`packets.recent`) and wake stream readers of the tenants whose events it
+    wrote."""
     async with unit_of_work(state.sessions) as session:
         yield session
+    recent.promote(session)
     if state.broker is not None:
         for tenant_id in session.info.pop(NOTIFY_KEY, ()):
             await state.broker.notify(tenant_id)

@@ -41,6 +41,7 @@ from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.errors import DomainError, NotFound
 from handoffrail_server.keys import service as keys_service
 from handoffrail_server.limits.errors import RateLimited
+from handoffrail_server.packets import updates
 from handoffrail_server.packets.schemas import HitlRespond, PacketContext, PacketUpdate
 from handoffrail_server.packets.service import PacketService, to_read
 from handoffrail_server.realtime import service as streams
@@ -320,8 +321,11 @@ async def respond(ref: str, request: Request, state: State, session: Session) ->
             if action == "edit":
                 packet = await service.load(packet_id)
                 edited = PacketContext.model_validate({**packet.context, "summary": summary})
-                await service.update(
-                    packet_id, PacketUpdate(context=edited), actor=f"human:{viewer.responder}"
+                await updates.update(
+                    service,
+                    packet_id,
+                    PacketUpdate(context=edited),
+                    actor=f"human:{viewer.responder}",
                 )
             body = HitlRespond(
                 response=_RESPONSES[action], responded_by=viewer.responder, notes=comment or None

@@ -73,6 +73,7 @@ class _Held:
 
     task: asyncio.Task[object] | None
     semaphore: asyncio.Semaphore
+    timeout: float
     released: bool = False  #: given back early (`release_slot`)
 
 
@@ -182,6 +183,27 @@ def release_slot() -> None:
         held.semaphore.release()
 
 
+async def retake_slot() -> None:
+    """The current task's unit of work takes a connection slot again after `release_slot`:
+    its write came back from `db.group_commit` having changed nothing (a compare-and-set that
+    lost), and it reads and writes on a connection of its own next."""
+    held = _slot_holder.get()
+    if held is not None and held.task is asyncio.current_task() and held.released:
+        await _acquire(held.semaphore, held.timeout)
+        held.released = False
+
+
+async def _acquire(semaphore: asyncio.Semaphore, wait: float) -> None:
+    if not semaphore.locked():
+        await semaphore.acquire()  # a slot is free and nobody waits: no suspension, no timer
+        return
+    try:
+        async with asyncio.timeout(wait):
+            await semaphore.acquire()
+    except TimeoutError:
+        raise sa_exc.TimeoutError(f"no database connection became free within {wait:g} s") from None
+
+
 @asynccontextmanager
 async def connection_slot(bind: object) -> AsyncIterator[None]:
     """One of the engine's connection slots, waiting its turn in arrival order (units of work,
@@ -191,17 +213,8 @@ async def connection_slot(bind: object) -> AsyncIterator[None]:
         yield
         return
     semaphore, timeout = gate
-    if not semaphore.locked():
-        await semaphore.acquire()  # a slot is free and nobody waits: no suspension, no timer
-    else:
-        try:
-            async with asyncio.timeout(timeout):
-                await semaphore.acquire()
-        except TimeoutError:
-            raise sa_exc.TimeoutError(
-                f"no database connection became free within {timeout:g} s"
-            ) from None
-    held = _Held(asyncio.current_task(), semaphore)
+    await _acquire(semaphore, timeout)
+    held = _Held(asyncio.current_task(), semaphore, timeout)
     token = _slot_holder.set(held)
     try:
         yield

@@ -77,6 +77,12 @@ DB_GROUP_COMMIT_STATEMENTS = Histogram(
     "Statements per group-commit batch (HR_DB_GROUP_COMMIT): one round trip and transaction",
     buckets=(1, 2, 4, 8, 12, 16),
 )
+RECENT_PACKETS = Counter(
+    "handoffrail_recent_packets_total",
+    "Claims and PATCHes by whether this process's row of the packet spared the read"
+    " (HR_RECENT_PACKETS): hit, miss, or stale (a hit whose write found the row changed)",
+    ["outcome"],
+)
 DB_ERRORS = Counter(
     "handoffrail_db_unavailable_total",
     "Requests answered 503 because the database was unavailable",

@@ -8,6 +8,7 @@ highest-priority packet to exactly one caller (`FOR UPDATE SKIP LOCKED` on Postg
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from handoffrail_server.db.models import Packet
@@ -15,7 +16,7 @@ from handoffrail_server.db.rows import transient
 from handoffrail_server.errors import DomainError
 from handoffrail_server.limits import service as quotas
 from handoffrail_server.observability import metrics
-from handoffrail_server.packets import changes, policy, queue
+from handoffrail_server.packets import changes, policy, queue, recent
 from handoffrail_server.packets.errors import (
     ConcurrentUpdate,
     IllegalTransitionError,
@@ -46,14 +47,28 @@ def _holder_text(holder: Any) -> str:
     return f"agent '{holder.get('id')}' ({holder.get('name')})"
 
 
-async def _try_claim(
-    service: PacketService, packet: Packet, body: PacketClaim, *, last: bool = False
-) -> Packet | None:
-    """One compare-and-set attempt; None when someone else changed the row first."""
+def _refusal(packet: Packet, now: datetime) -> ClaimRefusal | None:
     refusal = claim_refusal(PacketStatus(packet.status))
-    now = service.clock.now()
     if refusal is None and packet.expires_at is not None and packet.expires_at <= now:
         refusal = ClaimRefusal.EXPIRED
+    return refusal
+
+
+async def _try_claim(
+    service: PacketService,
+    packet: Packet,
+    body: PacketClaim,
+    *,
+    last: bool = False,
+    recent_row: bool = False,
+) -> Packet | None:
+    """One compare-and-set attempt; None when someone else changed the row first.
+
+    `recent_row`: `packet` is this process's cached row (`packets.recent`), which the caller
+    has checked is claimable; the compare-and-set then also requires its status and
+    `updated_at`, and that it has not expired."""
+    now = service.clock.now()
+    refusal = _refusal(packet, now)
     if refusal is ClaimRefusal.ALREADY_CLAIMED:
         holder = packet.packet_metadata.get("target_agent")
         metrics.CLAIM_CONFLICTS.inc()
@@ -91,7 +106,9 @@ async def _try_claim(
         f"agent:{body.agent_id}",
         from_status=packet.status,
         details={"agent_name": body.agent_name},
-        allowed_statuses=_CLAIMABLE_VALUES,
+        allowed_statuses=[packet.status] if recent_row else _CLAIMABLE_VALUES,
+        recent_row=recent_row,
+        live_at=now if recent_row else None,
         last=last,
     )
 
@@ -101,7 +118,15 @@ async def claim(
 ) -> Packet:
     """Claim one packet: 409 if held, 410 if expired, 400 from a non-claimable status.
 
-    `last=True`: the unit of work writes nothing else (a single claim request)."""
+    `last=True`: the unit of work writes nothing else (a single claim request). A packet this
+    process changed moments ago is claimed from its cached row, without a read, when that row
+    is claimable (`packets.recent`; a refusal is always decided on a fresh read)."""
+    cached = recent.take(service.session, service.tenant_id, packet_id)
+    if cached is not None and _refusal(cached, service.clock.now()) is None:
+        updated = await _try_claim(service, cached, body, last=last, recent_row=True)
+        if updated is not None:
+            return updated
+        recent.stale()
     for _attempt in range(MAX_CAS_ATTEMPTS):
         packet = await service.load(packet_id)
         updated = await _try_claim(service, packet, body, last=last)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoffrail_server.db import fast, fast_sqlite, group_commit
 from handoffrail_server.db.models import Packet
+from handoffrail_server.packets import recent
 from handoffrail_server.packets.repository import Change, PacketFilter, filter_conditions
 from handoffrail_server.realtime import repository as stream_log
 from handoffrail_server.webhooks import repository as webhook_rows
@@ -201,4 +202,6 @@ async def claim_first(
         fast.wrote_nothing(session)
         return None
     claimed: Packet = fast.to_model(Packet, rows[0])
+    if change.last:
+        recent.stage(session, claimed)
     return claimed

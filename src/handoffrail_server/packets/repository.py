@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handoffrail_server.db import fast, fast_sqlite, group_commit, uow
 from handoffrail_server.db.models import Packet, PacketEvent, PacketTag, StreamEvent
 from handoffrail_server.db.rows import replaced, transient
-from handoffrail_server.packets import policy
+from handoffrail_server.packets import policy, recent
 from handoffrail_server.realtime import repository as stream_log
 from handoffrail_server.webhooks import repository as webhook_rows
 
@@ -118,11 +118,13 @@ async def write_change(session: AsyncSession, change: Change) -> bool:
     """
     if change.last and group_commit.takes(session):
         await group_commit.commit_last(session, _pg_statement(session, change))
-        return False
-    driver = await fast.connection(session, last=change.last)  # before numbering its events
-    if driver is None:
-        return await _write_change_sqlite(session, change)
-    await fast.fetch(session, driver, _pg_statement(session, change))
+    else:
+        driver = await fast.connection(session, last=change.last)  # before numbering its events
+        if driver is None:
+            return await _write_change_sqlite(session, change)
+        await fast.fetch(session, driver, _pg_statement(session, change))
+    if change.last and change.created is not None:
+        recent.stage(session, change.created)
     return False
 
 
@@ -268,22 +270,31 @@ async def change_if_unchanged(
     change: Change,
     *,
     allowed_statuses: Sequence[str] | None = None,
+    recent_row: bool = False,
+    live_at: datetime | None = None,
 ) -> tuple[Packet | None, bool]:
     """`compare_and_set`, then, if it won, `write_change(change)`: (updated row or None, whether
     the caller must still fan the webhook event out).
+
+    `recent_row`: `packet` came from `packets.recent`, so the row must also still have its
+    `updated_at` (PostgreSQL; the cache is not used on SQLite); `live_at`: and must not have
+    expired by then.
 
     PostgreSQL: one statement, whose history, stream and outbox inserts select from the
     compare-and-set's RETURNING, so they happen exactly when it wins; a `last` change of a unit
     that has not written runs without BEGIN/COMMIT (a lost compare-and-set wrote nothing, and
     the unit may try again). `change` is built from `applied(packet, values)`."""
     assert change.created is None, "a compare-and-set changes an existing packet"
-    driver = await fast.connection(session, last=change.last)
-    if driver is None:
+    # Only a unit that has not read the packet holds no connection: one working from a cached
+    # row (`packets.recent`), whose write may then go to a group-commit batch.
+    grouped = change.last and group_commit.takes(session)
+    driver = None if grouped else await fast.connection(session, last=change.last)
+    if driver is None and not grouped:
         lite_writes = _sqlite_writes(session, change)
         return await _change_if_unchanged_sqlite(
             session, packet, values, lite_writes, allowed_statuses, last=change.last
         )
-    cas = _cas_statement(packet, values, allowed_statuses)
+    cas = _cas_statement(packet, values, allowed_statuses, recent_row=recent_row, live_at=live_at)
     writes = [
         cas,
         fast.insert_from([change.event], "w0"),
@@ -291,18 +302,39 @@ async def change_if_unchanged(
     ]
     if change.webhook is not None:
         writes.append(webhook_rows.pg_fan_out(change.event.tenant_id, change.webhook, "w0"))
-    query = fast.Statement(f"SELECT {fast.select_list(Packet)} FROM w0")  # noqa: S608  # nosec B608 - model identifiers
-    rows = await fast.fetch(session, driver, fast.together(writes, query))
+    if driver is None:
+        rows = await group_commit.commit_last(session, fast.together(writes, _member_query()))
+    else:
+        query = fast.Statement(f"SELECT {fast.select_list(Packet)} FROM w0")  # noqa: S608  # nosec B608 - model identifiers
+        rows = await fast.fetch(session, driver, fast.together(writes, query))
     if not rows:
         fast.wrote_nothing(session)
+        if driver is None:
+            await uow.retake_slot()  # the caller reads the row next, on a connection of its own
         return None, False
-    return fast.to_model(Packet, rows[0]), False
+    updated: Packet = fast.to_model(Packet, rows[0])
+    if change.last:
+        recent.stage(session, updated)
+    return updated, False
+
+
+def _member_query() -> fast.Statement:
+    """The final SELECT of a compare-and-set in a group-commit batch: its rows name their
+    statement's place in the batch."""
+    sql = f"SELECT {fast.select_list(Packet)}, $1::int AS {fast.MEMBER_COLUMN} FROM w0"  # noqa: S608  # nosec B608 - model identifiers
+    return fast.Statement(sql, (0,), member=(0,))
 
 
 def _cas_statement(
-    packet: Packet, values: dict[str, Any], allowed_statuses: Sequence[str] | None
+    packet: Packet,
+    values: dict[str, Any],
+    allowed_statuses: Sequence[str] | None,
+    *,
+    recent_row: bool = False,
+    live_at: datetime | None = None,
 ) -> fast.Statement:
-    """`UPDATE packet … WHERE id, row_version (and status) match RETURNING <every column>`."""
+    """`UPDATE packet … WHERE id, row_version (and status) match RETURNING <every column>`;
+    `recent_row`: `updated_at` too; `live_at`: and `expires_at` is later (or none)."""
     assignments: list[str] = []
     arguments: list[Any] = []
     for attribute, value in values.items():
@@ -314,6 +346,12 @@ def _cas_statement(
     if allowed_statuses is not None:
         arguments.append(list(allowed_statuses))
         where += f" AND status = ANY(${len(arguments)}::varchar[])"
+    if recent_row:
+        arguments.append(packet.updated_at)
+        where += f" AND updated_at = ${len(arguments)}"
+    if live_at is not None:
+        arguments.append(live_at)
+        where += f" AND (expires_at IS NULL OR expires_at > ${len(arguments)})"
     columns = fast.select_list(Packet)
     changes = ", ".join(assignments)
     sql = f"UPDATE packet SET {changes}, row_version = row_version + 1 WHERE {where} RETURNING {columns}"  # noqa: S608, E501  # nosec B608 - model identifiers, bound values

@@ -17,7 +17,7 @@ from handoffrail_server.api.deps import (
     tenant_limits,
 )
 from handoffrail_server.api.lanes import LaneSpec
-from handoffrail_server.packets import claims, policy
+from handoffrail_server.packets import claims, policy, updates
 from handoffrail_server.packets.errors import InvalidFilter
 from handoffrail_server.packets.lifecycle import PacketStatus
 from handoffrail_server.packets.repository import PacketFilter
@@ -173,7 +173,7 @@ async def batch_complete(
 ) -> BatchCompleted:
     """Complete several in-progress packets; failures are reported per id."""
     service = _service(request, session, caller)
-    done, errors = await service.complete_many(body.packet_ids)
+    done, errors = await updates.complete_many(service, body.packet_ids)
     return BatchCompleted(
         completed=[to_read(packet) for packet in done],
         errors=[BatchItemError(packet_id=packet_id, error=error) for packet_id, error in errors],
@@ -213,7 +213,7 @@ async def update_packet(
 ) -> PacketRead:
     """Change status (per the lifecycle table) and merge context, decisions, actions."""
     service = _service(request, session, caller)
-    return to_read(await service.update(packet_id, body, last=True))
+    return to_read(await updates.update(service, packet_id, body, last=True))
 
 
 @router.delete("/{packet_id}", status_code=204)

@@ -1,13 +1,14 @@
-"""Packet use cases: create, read, list, search, update, delete, respond, chain, history.
+"""Packet use cases: create, read, list, search, delete, respond, chain, history.
 
-Claims live in `claims.py`. Every state change is a compare-and-set (never read-then-write) and
-writes its event row in the same transaction.
+Claims live in `claims.py`, PATCH in `updates.py`. Every state change is a compare-and-set
+(never read-then-write) and writes its event row in the same transaction.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,7 +27,6 @@ from handoffrail_server.packets import changes, policy, repository
 from handoffrail_server.packets.errors import (
     BatchTooLarge,
     ConcurrentUpdate,
-    IllegalTransitionError,
     InvalidCursorError,
     NoHitlCheckpoint,
     NotAwaitingHuman,
@@ -34,9 +34,7 @@ from handoffrail_server.packets.errors import (
     PacketNotFound,
 )
 from handoffrail_server.packets.lifecycle import (
-    IllegalTransition,
     PacketStatus,
-    check_transition,
     initial_status,
 )
 from handoffrail_server.packets.schemas import (
@@ -49,7 +47,6 @@ from handoffrail_server.packets.schemas import (
     PacketCreate,
     PacketPage,
     PacketRead,
-    PacketUpdate,
 )
 from handoffrail_server.realtime import service as streams
 from handoffrail_server.schema_registry import service as registry
@@ -171,11 +168,14 @@ class PacketService:
         from_status: str | None = None,
         details: dict[str, Any] | None = None,
         allowed_statuses: Sequence[str] | None = None,
+        recent_row: bool = False,
+        live_at: datetime | None = None,
         last: bool = False,
     ) -> Packet | None:
         """Compare-and-set `values` on `packet` and record the event if it won (one statement
         on PostgreSQL); None when someone else changed the row first. `actor` may be computed
-        from the packet as it will be after the change."""
+        from the packet as it will be after the change. `recent_row`, `live_at`: see
+        `repository.change_if_unchanged`."""
         after = repository.applied(packet, values)
         change = changes.build(
             self.clock,
@@ -188,7 +188,13 @@ class PacketService:
             last=last,
         )
         updated, fan_out = await repository.change_if_unchanged(
-            self.session, packet, values, change, allowed_statuses=allowed_statuses
+            self.session,
+            packet,
+            values,
+            change,
+            allowed_statuses=allowed_statuses,
+            recent_row=recent_row,
+            live_at=live_at,
         )
         if updated is not None:
             await self.settle(change, fan_out)
@@ -428,109 +434,7 @@ class PacketService:
             ],
         )
 
-    # -- change -------------------------------------------------------------------------------
-
-    async def update(
-        self,
-        packet_id: uuid.UUID,
-        body: PacketUpdate,
-        *,
-        actor: str | None = None,
-        last: bool = False,
-    ) -> Packet:
-        """PATCH: status transition plus the merge rules of CONTRACT.md §5. `last=True`: the
-        unit of work writes nothing else (a single PATCH request)."""
-        # Top-level fields the caller sent, each in full (defaults filled, as on create); for
-        # actions only the buckets it sent, since each bucket is replaced on its own.
-        full = body.model_dump(mode="json")
-        changes = {name: full[name] for name in body.model_fields_set if full[name] is not None}
-        if body.actions is not None:
-            changes["actions"] = {
-                bucket: full["actions"][bucket] for bucket in body.actions.model_fields_set
-            }
-        for _attempt in range(MAX_CAS_ATTEMPTS):
-            packet = await self.load(packet_id)
-            current = PacketStatus(packet.status)
-            values: dict[str, Any] = {}
-            document: dict[str, Any] = {
-                "metadata": dict(packet.packet_metadata),
-                "context": packet.context,
-                "decisions": packet.decisions,
-                "actions": packet.actions,
-            }
-            target = PacketStatus(changes["status"]) if "status" in changes else None
-            if target is not None and target is not current:
-                try:
-                    check_transition(current, target)
-                except IllegalTransition as exc:
-                    raise IllegalTransitionError(exc.message, field="status") from None
-                values["status"] = target.value
-                now_iso = self.clock.now().isoformat()
-                if target is PacketStatus.COMPLETED:
-                    document["metadata"]["completed_at"] = now_iso
-                    values["completed_at"] = self.clock.now()
-                if target is PacketStatus.CLAIMED:
-                    document["metadata"]["claimed_at"] = now_iso
-                    values["claimed_at"] = self.clock.now()
-                values["packet_metadata"] = document["metadata"]
-            if "context" in changes:
-                values["context"] = document["context"] = changes["context"]
-            if "decisions" in changes:
-                merged = policy.merge_decisions(packet.decisions, changes["decisions"])
-                values["decisions"] = document["decisions"] = merged
-            if "actions" in changes:
-                merged_actions = policy.merge_actions(packet.actions, changes["actions"])
-                values["actions"] = document["actions"] = merged_actions
-            if "dependencies" in changes:
-                values["dependencies"] = changes["dependencies"]
-            if "hitl" in changes:
-                values["hitl"] = changes["hitl"]
-            if "status" in values:
-                # HITL timeout_seconds runs from entering awaiting_human (CONTRACT.md §10.8).
-                waiting = target is PacketStatus.AWAITING_HUMAN
-                values["expires_at"] = policy.deadline(
-                    packet.created_at,
-                    self.clock.now(),
-                    self.ttl_seconds,
-                    values.get("hitl", packet.hitl) if waiting else None,
-                )
-            if not values:
-                return packet
-            if {"context", "decisions", "actions"} & values.keys():
-                values["search_text"] = policy.search_text(document)
-            values["updated_at"] = self.clock.now()
-            if "status" in values:
-                event_type, from_status, details = values["status"], current.value, None
-            else:
-                fields = sorted(key for key in changes if key != "status")
-                event_type, from_status, details = "updated", None, {"fields": fields}
-            updated = await self.change_and_record(
-                packet,
-                values,
-                event_type,
-                actor or self.agent_actor,
-                from_status=from_status,
-                details=details,
-                last=last,
-            )
-            if updated is not None:
-                return updated
-        raise ConcurrentUpdate(f"Packet {packet_id} is being changed concurrently; retry")
-
-    async def complete_many(
-        self, packet_ids: Sequence[uuid.UUID]
-    ) -> tuple[list[Packet], list[tuple[str, str]]]:
-        """Complete each packet (each must be in progress); report failures per id."""
-        done: list[Packet] = []
-        errors: list[tuple[str, str]] = []
-        body = PacketUpdate(status=PacketStatus.COMPLETED)
-        for packet_id in packet_ids:
-            try:
-                async with self.session.begin_nested():
-                    done.append(await self.update(packet_id, body, actor="system:batch_complete"))
-            except DomainError as exc:
-                errors.append((str(packet_id), exc.detail))
-        return done, errors
+    # -- change (PATCH: updates.py) ------------------------------------------------------------
 
     async def delete(self, packet_id: uuid.UUID) -> None:
         """Soft delete: the packet becomes `expired`."""
