@@ -215,7 +215,8 @@ async def test_cached_writes_of_many_packets_share_group_commit_batches(api: Api
         *(patch(api, packet["id"], {"status": "in_progress"}) for packet in packets)
     )
     assert [response.status_code for response in responses] == [200] * 12
-    assert {response.json()["id"] for response in responses} == {p["id"] for p in packets}
+    # each request got the row its own statement changed, not another member's of the batch
+    assert [response.json()["id"] for response in responses] == [p["id"] for p in packets]
     assert all(response.json()["status"] == "in_progress" for response in responses)
     assert _since(before) == {"hit": 12, "miss": 0, "stale": 0}
     assert stats.statements - batches[0] == 12
