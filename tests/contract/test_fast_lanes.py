@@ -395,3 +395,23 @@ async def test_a_cancel_scope_cancelled_during_the_commit_does_not_interrupt_it(
     assert not answered
     read = await plain.send("GET", f"/packets/{packet_id}")
     assert read.json()["status"] == "claimed"
+
+
+async def test_cors_applies_to_what_lanes_serve(migrated_url: str) -> None:
+    operator = await asyncio.to_thread(bootstrap_operator_key, migrated_url)
+    origin = "https://agents.example.com"
+    app = create_app(make_settings(migrated_url, cors_origins=[origin]))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        headers = {"X-API-Key": operator, "Origin": origin}
+        created = await client.post(f"{P}/packets", json=packet_body(), headers=headers)
+        assert created.status_code == 201, created.text
+        assert created.headers["access-control-allow-origin"] == origin
+        unauthorized = await client.post(
+            f"{P}/packets", json=packet_body(), headers={"Origin": origin}
+        )
+        assert unauthorized.status_code == 401
+        assert unauthorized.headers["access-control-allow-origin"] == origin
