@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
 
 import asyncpg
 import pytest
@@ -82,6 +84,7 @@ async def test_concurrent_creates_share_one_transaction_and_number_their_stream_
     assert stats.statements - before[0] == 20
     assert stats.batches - before[1] < 20  # fewer round trips than statements
     assert metrics.DB_GROUP_COMMIT_STATEMENTS._sum.get() - observed == 20  # operators see it
+    assert group_commit._groups[_engine(grouped)].sending == 0  # every sender counted out
     async with unit_of_work(grouped) as session:
         stored = set(await session.scalars(select(Packet.id).where(Packet.tenant_id == tenant_id)))
         ids = list(
@@ -96,13 +99,21 @@ async def test_concurrent_creates_share_one_transaction_and_number_their_stream_
 
 
 async def test_claim_next_in_batches_claims_each_packet_once_for_the_unit_that_gets_it(
-    grouped: async_sessionmaker[AsyncSession],
+    grouped: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tenant_id = await pg_tenant(grouped)
     await subscribe(grouped, tenant_id, ["packet.claimed"])
     created = {(await _create(grouped, tenant_id)).id for _ in range(12)}
     stats = _stats(grouped)
     before = (stats.statements, stats.batches)
+    handed: list[bool] = []
+    original = group_commit.commit
+
+    async def spy(engine: AsyncEngine, statement: fast.Statement, *, beside: bool = True) -> Any:
+        handed.append(beside)
+        return await original(engine, statement, beside=beside)
+
+    monkeypatch.setattr(group_commit, "commit", spy)
 
     async def claim(worker: int) -> tuple[Packet | None, bool]:
         async with unit_of_work(grouped) as session:
@@ -112,6 +123,9 @@ async def test_claim_next_in_batches_claims_each_packet_once_for_the_unit_that_g
             return picked, session.info[fast.LEAN_KEY].finished
 
     results = await asyncio.gather(*(claim(worker) for worker in range(16)))
+    # claim-next batches are never split to run beside each other: they would skip each
+    # other's locked candidates
+    assert handed == [False] * 16
     assert stats.statements - before[0] == 16
     assert stats.batches - before[1] < 16
     won = {worker: packet for worker, (packet, _) in enumerate(results) if packet is not None}
@@ -149,6 +163,16 @@ async def test_claim_next_in_batches_claims_each_packet_once_for_the_unit_that_g
     assert len(stream_ids) == len(set(stream_ids)) == 12
 
 
+@pytest.fixture
+def one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is handed over in one turn goes as one batch: not split in half to run beside
+    another (`_take`), as for statements that contend with each other."""
+    monkeypatch.setattr(
+        group_commit, "commit_last", partial(group_commit.commit_last, beside=False)
+    )
+
+
+@pytest.mark.usefixtures("one_batch")
 async def test_a_refused_batch_runs_each_statement_alone_for_its_own_outcome(
     grouped: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -170,6 +194,7 @@ async def test_a_refused_batch_runs_each_statement_alone_for_its_own_outcome(
     assert await _count(grouped, StreamEvent, tenant_id) == 3
 
 
+@pytest.mark.usefixtures("one_batch")
 async def test_a_lost_connection_fails_the_batch_and_is_not_retried(
     grouped: async_sessionmaker[AsyncSession], migrated_pg: str
 ) -> None:

@@ -58,6 +58,8 @@ MAX_BATCH = 16
 class _Member:
     statement: fast.Statement
     done: asyncio.Future[list[Any]]
+    #: may run beside another batch of its statement (see `_take`)
+    beside: bool = True
 
 
 @dataclass(slots=True)
@@ -76,6 +78,8 @@ class _Groups:
     pending: dict[str, list[_Member]] = field(default_factory=dict)
     #: a sender is on its way (waiting for a slot or a connection) and will take `pending`
     waiting: bool = False
+    #: senders whose batches are on their way to the database
+    sending: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -100,27 +104,34 @@ def takes(session: AsyncSession) -> bool:
     return lean is not None and lean.engine in _enabled
 
 
-async def commit_last(session: AsyncSession, statement: fast.Statement) -> list[Any]:
+async def commit_last(
+    session: AsyncSession, statement: fast.Statement, *, beside: bool = True
+) -> list[Any]:
     """Run `statement` as the last write of a unit of work that `takes` says may hand it
     over; return its rows once it has committed, or raise its error (as SQLAlchemy's). The
-    unit gives its connection slot back while it waits: it holds no connection."""
+    unit gives its connection slot back while it waits: it holds no connection. `beside`:
+    see `commit`."""
     lean = fast.idle_unit(session)
     assert lean is not None, "see takes()"
     assert lean.engine in _enabled, "see takes()"
     lean.finished = True  # like `fast.connection(last=True)`: a later write is refused
     uow.release_slot()
-    return await commit(lean.engine, statement)
+    return await commit(lean.engine, statement, beside=beside)
 
 
-async def commit(engine: AsyncEngine, statement: fast.Statement) -> list[Any]:
+async def commit(
+    engine: AsyncEngine, statement: fast.Statement, *, beside: bool = True
+) -> list[Any]:
     """Run `statement` in the next batch of `engine` and return its rows once it has
     committed (none unless it selects `fast.MEMBER_COLUMN`: `Statement.member`); its error
-    (as SQLAlchemy's) if it could not."""
+    (as SQLAlchemy's) if it could not. `beside=False`: the statement contends with others
+    of its text (claim-next's `SKIP LOCKED` on one queue), so a batch of it is not split to
+    run beside another (`_take`)."""
     loop = asyncio.get_running_loop()
     groups = _groups.get(engine)
     if groups is None or groups.loop is not loop:
         groups = _groups[engine] = _Groups(engine, loop)
-    member = _Member(statement, loop.create_future())
+    member = _Member(statement, loop.create_future(), beside)
     groups.pending.setdefault(statement.sql, []).append(member)
     if not groups.waiting:
         groups.waiting = True
@@ -140,9 +151,20 @@ def _start(groups: _Groups) -> None:
 def _take(groups: _Groups) -> list[list[_Member]]:
     """Batches of at most `MAX_BATCH` statements in all, from what was handed over so far
     (cancelled units left out); what is left, and what comes later, goes to another sender,
-    started at once when something is left (batches then run side by side)."""
+    started at once when something is left (batches then run side by side). When no other
+    sender's batch is on its way, at most half of what was handed over: the rest goes beside
+    it on another connection, and the loop has the first half's answers to work on while the
+    second is out (the lifecycle at 10 clients otherwise moved in lock-step, the loop idle a
+    quarter of the time; docs/performance.md, round 14)."""
     batches: list[list[_Member]] = []
     room = MAX_BATCH
+    if not groups.sending:
+        # Nothing else is on its way: the event loop would wait idle for this one round trip.
+        # Half of what was handed over goes now and the rest beside it, on another connection
+        # (statements that contend with each other excepted: `commit(beside=False)`).
+        handed = sum(member.beside for members in groups.pending.values() for member in members)
+        if handed > 1:
+            room = min(room, (handed + 1) // 2)
     for sql in list(groups.pending):
         members = [member for member in groups.pending[sql] if not member.done.done()]
         taken, left = members[:room], members[room:]
@@ -188,6 +210,7 @@ async def _send(groups: _Groups) -> None:
             connection = await engine.connect()
             try:
                 batches = _take(groups)
+                groups.sending += 1
                 sync = connection.sync_connection
                 assert sync is not None  # started by `engine.connect()`
                 driver = sync.connection.driver_connection
@@ -200,6 +223,8 @@ async def _send(groups: _Groups) -> None:
                         _fail(rest, partial(fast.translate, ConnectionError("lost"), lost=True))
                         return
             finally:
+                if batches is not None:
+                    groups.sending -= 1
                 await asyncio.shield(connection.close())
     except asyncio.CancelledError:
         for member in _members(batches if batches is not None else _take(groups)):

@@ -195,7 +195,9 @@ async def claim_first(
     )
     statement = fast.together(writes, query)
     if driver is None:
-        rows = await group_commit.commit_last(session, statement)
+        # not split across connections: batches side by side would skip each other's locked
+        # candidates (measured: claim-next x32 -16 % with its batches split)
+        rows = await group_commit.commit_last(session, statement, beside=False)
     else:
         rows = await fast.fetch(session, driver, statement)
     if not rows:
