@@ -13,9 +13,9 @@ compare-and-set: one round trip instead of two.
   that change was the unit's last write, and enters the cache once the unit has committed
   (`promote`, from `api.deps.request_session`).
 - **Used once.** `take` removes the row: while a request works with it, other requests of this
-  process on the same packet read it from the database (so contention inside a process takes
-  the ordinary path, where a lost compare-and-set costs nothing extra), and the winner's new
-  row takes its place.
+  process on the same packet read it from the database (contention inside a process takes the
+  ordinary path; it costs at most one failed write, by the request holding the row), and the
+  winner's new row takes its place.
 - **Checked by the write.** A compare-and-set from a cached row also requires the row's
   `updated_at` and the status the rules saw (a claim also that the packet has not expired).
   Every writer of packets (servers, workers, the CLI) goes through a compare-and-set that bumps
