@@ -106,7 +106,7 @@ async def _try_claim(
         f"agent:{body.agent_id}",
         from_status=packet.status,
         details={"agent_name": body.agent_name},
-        allowed_statuses=[packet.status] if recent_row else _CLAIMABLE_VALUES,
+        allowed_statuses=_CLAIMABLE_VALUES,
         recent_row=recent_row,
         live_at=now if recent_row else None,
         last=last,
@@ -126,7 +126,6 @@ async def claim(
         updated = await _try_claim(service, cached, body, last=last, recent_row=True)
         if updated is not None:
             return updated
-        recent.stale()
     for _attempt in range(MAX_CAS_ATTEMPTS):
         packet = await service.load(packet_id)
         updated = await _try_claim(service, packet, body, last=last)

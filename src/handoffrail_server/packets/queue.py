@@ -15,7 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handoffrail_server.db import fast, fast_sqlite, group_commit
 from handoffrail_server.db.models import Packet
 from handoffrail_server.packets import recent
-from handoffrail_server.packets.repository import Change, PacketFilter, filter_conditions
+from handoffrail_server.packets.repository import (
+    Change,
+    PacketFilter,
+    filter_conditions,
+    member_query,
+)
 from handoffrail_server.realtime import repository as stream_log
 from handoffrail_server.webhooks import repository as webhook_rows
 
@@ -188,12 +193,7 @@ async def claim_first(
     ]
     if change.webhook is not None:
         writes.append(webhook_rows.pg_fan_out_for_row(tenant_id, change.webhook, "w0"))
-    query = fast.Statement(
-        f"SELECT {fast.select_list(Packet)}, $1::int AS {fast.MEMBER_COLUMN} FROM w0",  # noqa: S608  # nosec B608 - model identifiers
-        (0,),
-        member=(0,),
-    )
-    statement = fast.together(writes, query)
+    statement = fast.together(writes, member_query())
     if driver is None:
         # not split across connections: batches side by side would skip each other's locked
         # candidates (measured: claim-next x32 -16 % with its batches split)

@@ -277,8 +277,8 @@ async def change_if_unchanged(
     the caller must still fan the webhook event out).
 
     `recent_row`: `packet` came from `packets.recent`, so the row must also still have its
-    `updated_at` (PostgreSQL; the cache is not used on SQLite); `live_at`: and must not have
-    expired by then.
+    `updated_at` and status (PostgreSQL; the cache is not used on SQLite), and a write that
+    finds it changed counts as stale; `live_at`: and must not have expired by then.
 
     PostgreSQL: one statement, whose history, stream and outbox inserts select from the
     compare-and-set's RETURNING, so they happen exactly when it wins; a `last` change of a unit
@@ -303,12 +303,14 @@ async def change_if_unchanged(
     if change.webhook is not None:
         writes.append(webhook_rows.pg_fan_out(change.event.tenant_id, change.webhook, "w0"))
     if driver is None:
-        rows = await group_commit.commit_last(session, fast.together(writes, _member_query()))
+        rows = await group_commit.commit_last(session, fast.together(writes, member_query()))
     else:
         query = fast.Statement(f"SELECT {fast.select_list(Packet)} FROM w0")  # noqa: S608  # nosec B608 - model identifiers
         rows = await fast.fetch(session, driver, fast.together(writes, query))
     if not rows:
         fast.wrote_nothing(session)
+        if recent_row:
+            recent.stale()
         if driver is None:
             await uow.retake_slot()  # the caller reads the row next, on a connection of its own
         return None, False
@@ -318,9 +320,9 @@ async def change_if_unchanged(
     return updated, False
 
 
-def _member_query() -> fast.Statement:
-    """The final SELECT of a compare-and-set in a group-commit batch: its rows name their
-    statement's place in the batch."""
+def member_query() -> fast.Statement:
+    """The final SELECT of a packet change in a group-commit batch (`w0`: the changed row):
+    its rows name their statement's place in the batch (`fast.Statement.member`)."""
     sql = f"SELECT {fast.select_list(Packet)}, $1::int AS {fast.MEMBER_COLUMN} FROM w0"  # noqa: S608  # nosec B608 - model identifiers
     return fast.Statement(sql, (0,), member=(0,))
 
@@ -334,7 +336,8 @@ def _cas_statement(
     live_at: datetime | None = None,
 ) -> fast.Statement:
     """`UPDATE packet … WHERE id, row_version (and status) match RETURNING <every column>`;
-    `recent_row`: `updated_at` too; `live_at`: and `expires_at` is later (or none)."""
+    `recent_row`: `updated_at` and the status too; `live_at`: and `expires_at` is later (or
+    none)."""
     assignments: list[str] = []
     arguments: list[Any] = []
     for attribute, value in values.items():
@@ -346,9 +349,9 @@ def _cas_statement(
     if allowed_statuses is not None:
         arguments.append(list(allowed_statuses))
         where += f" AND status = ANY(${len(arguments)}::varchar[])"
-    if recent_row:
-        arguments.append(packet.updated_at)
-        where += f" AND updated_at = ${len(arguments)}"
+    if recent_row:  # the status the caller's plan was made from, and no change since
+        arguments += [packet.updated_at, packet.status]
+        where += f" AND updated_at = ${len(arguments) - 1} AND status = ${len(arguments)}"
     if live_at is not None:
         arguments.append(live_at)
         where += f" AND (expires_at IS NULL OR expires_at > ${len(arguments)})"

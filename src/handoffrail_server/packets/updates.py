@@ -119,8 +119,6 @@ async def _apply(
         actor or service.agent_actor,
         from_status=change.from_status,
         details=change.details,
-        # a cached row: the status its plan was made from must still be the row's
-        allowed_statuses=[packet.status] if recent_row else None,
         recent_row=recent_row,
         last=last,
     )
@@ -137,10 +135,7 @@ async def _from_recent(
         return None
     if change is None:
         return None
-    updated = await _apply(service, packet, change, actor, last=last, recent_row=True)
-    if updated is None:
-        recent.stale()
-    return updated
+    return await _apply(service, packet, change, actor, last=last, recent_row=True)
 
 
 async def update(
