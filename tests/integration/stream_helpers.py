@@ -32,7 +32,17 @@ def serve(app: FastAPI, *, log_level: str = "warning") -> Iterator[str]:
         app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on", access_log=False
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def run() -> None:
+        loops.append(asyncio.get_running_loop())
+        await server.serve()
+
+    def main() -> None:  # Server.run, with a hold on the loop (uvloop, as Uvicorn picks it)
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(run())
+
+    thread = threading.Thread(target=main, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
@@ -44,7 +54,27 @@ def serve(app: FastAPI, *, log_level: str = "warning") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
-        assert not thread.is_alive(), "Uvicorn did not shut down within 15 s"
+        if thread.is_alive():
+            stuck = _pending_tasks(loops[0])
+            server.force_exit = True
+            thread.join(timeout=5)
+            raise AssertionError(f"Uvicorn did not shut down within 15 s; still running:\n{stuck}")
+
+
+def _pending_tasks(loop: asyncio.AbstractEventLoop) -> str:
+    """Each unfinished task of `loop` with its innermost frames, to name what held shutdown."""
+    lines: list[str] = []
+    for task in list(asyncio.all_tasks(loop)):
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 40:  # follow the await chain inwards
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                break
+            chain.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        lines.append(f"{task.get_name()}: {' -> '.join(chain[-6:])}")
+    return "\n".join(lines)
 
 
 @dataclass

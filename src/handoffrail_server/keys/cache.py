@@ -223,11 +223,13 @@ class PrincipalListener:
             log.info("auth_cache.listening", ttl_seconds=self.cache.ttl)
             while not connection.is_closed():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), self.check_seconds)
+                    async with asyncio.timeout(self.check_seconds):
+                        await lost.wait()
                 if lost.is_set():
                     raise ConnectionError("listener connection closed")
                 # a connection cut without a FIN is only noticed by using it
-                await asyncio.wait_for(connection.fetchval("SELECT 1"), self.check_seconds)
+                async with asyncio.timeout(self.check_seconds):
+                    await connection.fetchval("SELECT 1")
         finally:
             self.cache.disable()
             self.connection = None

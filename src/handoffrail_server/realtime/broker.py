@@ -86,8 +86,11 @@ class Broker:
     async def wait(self, tenant_id: str, max_wait: float) -> None:
         """Return when `tenant_id` may have new events, or after `max_wait` seconds."""
         event = self._events[tenant_id]
+        # `asyncio.timeout`, not `wait_for`: on 3.11 `wait_for` swallows a cancel that meets
+        # the wake-up, and the stream task awaiting this would then never end (gh-86296)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max_wait)
+            async with asyncio.timeout(max_wait):
+                await event.wait()
         event.clear()
 
     def start(self) -> None:
@@ -125,7 +128,8 @@ class Broker:
         """Send what is still unpublished, then stop the Redis listener."""
         if self._publisher is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._publisher, 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._publisher
             self._publisher = None
         if self._listener is not None:
             self._listener.cancel()

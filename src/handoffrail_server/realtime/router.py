@@ -194,16 +194,16 @@ async def _ws_pusher(
     async for batch in _batches(state, tenant_id, after_id):
         for event in batch:
             if subscription.matches(event):
-                await asyncio.wait_for(
-                    websocket.send_json(service.envelope(event)), SEND_TIMEOUT_SECONDS
-                )
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    await websocket.send_json(service.envelope(event))
 
 
 async def _ws_heartbeat(websocket: WebSocket) -> None:
     while True:
         await asyncio.sleep(HEARTBEAT_SECONDS)
         beat = {"type": "heartbeat", "timestamp": datetime.now(UTC).isoformat()}
-        await asyncio.wait_for(websocket.send_json(beat), SEND_TIMEOUT_SECONDS)
+        async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+            await websocket.send_json(beat)
 
 
 @router.websocket("/ws")

@@ -77,7 +77,8 @@ async def run_worker(
                     log.warning("worker.round_failed", error=type(exc).__name__)
                 if attempted == 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), settings.worker_poll_seconds)
+                        async with asyncio.timeout(settings.worker_poll_seconds):
+                            await stop.wait()
     finally:
         if exporter is not None:
             exporter.shutdown()
