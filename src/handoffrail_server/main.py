@@ -20,7 +20,7 @@ from handoffrail_server.api.problems import install_problem_handlers
 from handoffrail_server.api.router import include_api
 from handoffrail_server.clock import Clock, SystemClock
 from handoffrail_server.dashboard.router import router as dashboard_router
-from handoffrail_server.db import migrations
+from handoffrail_server.db import group_commit, migrations
 from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.uow import unit_of_work
 from handoffrail_server.infra.redis import create_redis
@@ -45,6 +45,9 @@ log = structlog.get_logger(__name__)
 
 #: hard cap on any request body unless a tier allows more; tier limits are enforced per tenant
 MAX_BODY_BYTES = 1024 * 1024 + 4096
+#: at shutdown, how long batches of cancelled requests get to be cancelled in the database
+#: before the pool closes (within the 5 s a Gunicorn worker keeps: infra/serving.py)
+SETTLE_SECONDS = 3.0
 
 
 def body_cap(settings: Settings) -> int:
@@ -141,6 +144,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 )
 
     async def _close_clients() -> None:
+        # Requests the server cancelled as its shutdown timed out may have left batches on
+        # their way: cancel them in the database before the pool closes (else a statement
+        # waiting on a lock runs on, and commits, after the process is gone).
+        try:
+            async with asyncio.timeout(SETTLE_SECONDS):
+                await group_commit.stop(engine)
+        except TimeoutError:
+            log.warning("server.batches_unsettled")
         if listener is not None:
             await listener.stop()
         if state.broker is not None:
@@ -176,6 +187,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
             await _close_clients()
+            log.info("server.stopped")
 
     show_docs = settings.docs_enabled
     app = FastAPI(

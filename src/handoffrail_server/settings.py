@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     stream_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     stream_heartbeat_seconds: float = Field(default=15.0, ge=1, le=300)
     stream_retention_seconds: int = Field(default=86_400, ge=60)
+    #: `handoffrail serve`: on SIGTERM, how long open requests may finish before they are
+    #: cancelled (their transactions roll back) and the process shuts down cleanly
+    shutdown_timeout_seconds: int = Field(default=25, ge=1, le=3600)
 
     @field_validator("environment", mode="before")
     @classmethod

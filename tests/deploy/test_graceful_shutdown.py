@@ -1,4 +1,5 @@
-"""Rehearsal: SIGTERM to Gunicorn while a request is in flight lets that request complete.
+"""Rehearsal: SIGTERM to Gunicorn while a request is in flight lets that request complete;
+to `handoffrail serve` with a request stuck past the shutdown timeout, it is answered 503.
 
 The request is made slow deterministically: a test-owned PostgreSQL transaction holds the packet's
 row lock, so the PATCH waits inside the server; SIGTERM arrives; then the lock is released.
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -115,3 +117,130 @@ def test_sigterm_during_a_slow_request_lets_it_complete(tmp_path: Path) -> None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         drop_pg_database(name)
+
+
+async def _waiting_on_a_lock(url: str, database: str) -> bool:
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        waiting = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            database,
+        )
+    finally:
+        await connection.close()
+    return bool(waiting)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.parametrize("group_commit", ["true", "false"])
+def test_sigterm_with_a_request_stuck_past_the_timeout_answers_503_and_exits(
+    tmp_path: Path, group_commit: str
+) -> None:
+    """`handoffrail serve` with `HR_SHUTDOWN_TIMEOUT_SECONDS=1`: a PATCH stuck on a row lock
+    that is never released is cancelled after the timeout, answered 503, its change is not
+    made, and the process still closes its pools and exits (it used to wait for the lock)."""
+    name, url = create_pg_database()
+    migrations.upgrade(url)
+    port, key = free_port(), generate_key()
+    env = clean_env(
+        HR_ENVIRONMENT="staging",
+        HR_SECRET_KEY=TEST_SECRET,
+        HR_DATABASE_URL=url,
+        HR_BOOTSTRAP_API_KEY=key,
+        HR_TIER_DEFAULT="business",
+        HR_EXPIRY_INTERVAL_SECONDS="0",
+        HR_LOG_LEVEL="info",
+        HR_HOST="127.0.0.1",
+        HR_PORT=str(port),
+        HR_SHUTDOWN_TIMEOUT_SECONDS="1",
+        # the PATCH of a packet this process just created is one self-committing statement
+        # (recent packet rows): sent by a batch's own task, or by the request's
+        HR_DB_GROUP_COMMIT=group_commit,
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [tool("handoffrail"), "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"X-API-Key": key}
+    release = threading.Event()
+    try:
+        wait_for(f"{base}/health", process, log)
+        created = httpx.post(f"{base}/api/v1/packets", json=packet_body(), headers=headers)
+        assert created.status_code == 201, created.text
+        packet_id = created.json()["id"]
+        outcome: dict[str, object] = {}
+
+        async def hold_lock(locked: threading.Event) -> None:
+            connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+            try:
+                async with connection.transaction():
+                    await connection.execute(
+                        "SELECT 1 FROM packet WHERE id = $1 FOR UPDATE", uuid.UUID(packet_id)
+                    )
+                    locked.set()
+                    await asyncio.to_thread(release.wait, 60)
+            finally:
+                await connection.close()
+
+        def patch() -> None:
+            try:
+                response = httpx.patch(
+                    f"{base}/api/v1/packets/{packet_id}",
+                    json={"status": "failed"},
+                    headers=headers,
+                    timeout=30,
+                )
+                outcome["status"] = response.status_code
+                outcome["body"] = response.json()
+            except httpx.HTTPError as error:
+                outcome["error"] = repr(error)
+
+        locked = threading.Event()
+        holder = threading.Thread(target=lambda: asyncio.run(hold_lock(locked)))
+        holder.start()
+        assert locked.wait(10)
+        client = threading.Thread(target=patch)
+        client.start()
+        deadline = time.monotonic() + 10
+        while not asyncio.run(_waiting_on_a_lock(url, name)):  # the PATCH waits on the lock
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        # the lock is still held; Uvicorn ends by re-raising the signal it caught (0.29+)
+        assert process.wait(timeout=20) in (0, -signal.SIGTERM), log.read_text()[-3000:]
+        client.join(timeout=10)
+        assert outcome.get("status") == 503, (outcome, log.read_text()[-3000:])
+        assert outcome["body"]["code"] == "service.shutting_down"  # type: ignore[index]
+        text = log.read_text()
+        assert "server.stopped" in text, text[-3000:]  # the lifespan's shutdown ran
+        assert "Exception in ASGI application" not in text, text[-3000:]
+        release.set()
+        holder.join(timeout=10)
+        status = asyncio.run(_packet_status(url, packet_id))
+        assert status == "created", text  # the cancelled PATCH changed nothing
+    finally:
+        release.set()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        drop_pg_database(name)
+
+
+async def _packet_status(url: str, packet_id: str) -> str:
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return str(
+            await connection.fetchval(
+                "SELECT status FROM packet WHERE id = $1", uuid.UUID(packet_id)
+            )
+        )
+    finally:
+        await connection.close()

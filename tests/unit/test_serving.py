@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
 import uvicorn
+from gunicorn.config import Config as GunicornConfig
+from gunicorn.glogging import Logger as GunicornLogger
 from uvicorn.server import ServerState
 
 from handoffrail_server.infra.serving import CoalescingTransport, HttpProtocol, UvicornWorker
@@ -198,3 +201,17 @@ async def test_a_streamed_head_is_not_held_back_until_its_body() -> None:
 def test_the_gunicorn_worker_serves_with_the_same_protocol() -> None:
     assert UvicornWorker.CONFIG_KWARGS["http"] is HttpProtocol
     assert UvicornWorker.CONFIG_KWARGS["loop"] == "auto"
+
+
+@pytest.mark.parametrize(("graceful", "cancel_after"), [(30, 25), (12, 7), (3, 1), (0, 1)])
+def test_the_gunicorn_worker_cancels_open_requests_before_gunicorn_kills_it(
+    graceful: int, cancel_after: int
+) -> None:
+    cfg = GunicornConfig()
+    cfg.set("graceful_timeout", graceful)
+    worker = UvicornWorker(0, os.getpid(), [], None, 30, cfg, GunicornLogger(cfg))
+    try:
+        assert worker.config.timeout_graceful_shutdown == cancel_after
+        assert worker.config.http is HttpProtocol
+    finally:
+        worker.tmp.close()

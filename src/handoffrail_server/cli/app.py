@@ -119,6 +119,7 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
         http=HttpProtocol,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
 
 

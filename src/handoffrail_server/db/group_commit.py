@@ -139,6 +139,18 @@ async def commit(
     return await member.done
 
 
+async def stop(engine: AsyncEngine) -> None:
+    """At shutdown, once the requests ended: cancel the batches still on their way (their
+    requests were cancelled; a statement cancelled here is cancelled in PostgreSQL when its
+    connection is closed through the pool) and wait for their senders (the caller bounds it)."""
+    groups = _groups.get(engine)
+    tasks = set(groups.tasks) if groups is not None else set()
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+
+
 def _start(groups: _Groups) -> None:
     """At the end of the loop's turn, a sender for what is handed over until it can send:
     while one waits for a connection slot, later statements join the batch it will send."""

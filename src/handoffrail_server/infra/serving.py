@@ -89,7 +89,19 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(wrapped)
 
 
+#: seconds a Gunicorn worker keeps for its own clean shutdown (cancelled requests roll back, the
+#: app's lifespan closes pools and sends what the broker still holds) before Gunicorn's
+#: `graceful_timeout` runs out and the worker is killed
+SHUTDOWN_RESERVE_SECONDS = 5
+
+
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # an untyped base
-    """Gunicorn worker class: `uvicorn_worker.UvicornWorker` with `HttpProtocol`."""
+    """Gunicorn worker class: `uvicorn_worker.UvicornWorker` with `HttpProtocol`, and open
+    requests cancelled `SHUTDOWN_RESERVE_SECONDS` before Gunicorn's graceful timeout."""
 
     CONFIG_KWARGS = {**_UvicornWorker.CONFIG_KWARGS, "http": HttpProtocol}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        grace = self.cfg.graceful_timeout - SHUTDOWN_RESERVE_SECONDS
+        self.config.timeout_graceful_shutdown = max(1, grace)

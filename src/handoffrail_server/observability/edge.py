@@ -19,6 +19,7 @@ of it with one `send` wrapper:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -68,25 +69,40 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"Request body exceeds the limit of {max_bytes} bytes")
 
 
-def _too_large(max_bytes: int) -> tuple[Message, Message]:
+def _problem(
+    status: int, code: str, title: str, detail: str, **extra: Any
+) -> tuple[Message, Message]:
     body: dict[str, Any] = {
-        "type": "https://handoffrail.dev/problems/request/too_large",
-        "title": "Content too large",
-        "status": 413,
-        "detail": f"Request body exceeds the limit of {max_bytes} bytes",
-        "code": "request.too_large",
-        "limit_bytes": max_bytes,
+        "type": f"https://handoffrail.dev/problems/{code.replace('.', '/')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
     }
     payload = json.dumps(body).encode()
-    start: Message = {
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(payload)).encode()),
-        ],
-    }
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if status == 503:
+        headers += [(b"retry-after", b"1"), (b"connection", b"close")]
+    start: Message = {"type": "http.response.start", "status": status, "headers": headers}
     return start, {"type": "http.response.body", "body": payload}
+
+
+def _too_large(max_bytes: int) -> tuple[Message, Message]:
+    detail = f"Request body exceeds the limit of {max_bytes} bytes"
+    return _problem(413, "request.too_large", "Content too large", detail, limit_bytes=max_bytes)
+
+
+#: the answer to a request the server cancelled while shutting down (its time ran out)
+_SHUTTING_DOWN = _problem(
+    503,
+    "service.shutting_down",
+    "Service unavailable",
+    "The server is shutting down and stopped this request before answering it; retry it",
+)
 
 
 class _Exchange:
@@ -208,6 +224,16 @@ class EdgeMiddleware:
             except BodyTooLarge:
                 if not exchange.response_started:
                     await self._refuse(exchange)
+            except asyncio.CancelledError:
+                # Only the server cancels a whole request: its shutdown timeout ran out. An
+                # unfinished transaction rolls back as the cancel unwinds; answer 503 (retry)
+                # rather than leave the server to answer 500. The task ends here either way.
+                if exchange.response_started:
+                    raise
+                access_log.warning("http.cancelled_at_shutdown", path=scope.get("path"))
+                start, body = _SHUTTING_DOWN
+                await exchange.edge_send(dict(start))
+                await exchange.edge_send(dict(body))
         finally:
             exchange.record()
             structlog.contextvars.unbind_contextvars("request_id")
