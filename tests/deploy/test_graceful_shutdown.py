@@ -221,7 +221,6 @@ def test_sigterm_with_a_request_stuck_past_the_timeout_answers_503_and_exits(
         assert outcome["body"]["code"] == "service.shutting_down"  # type: ignore[index]
         text = log.read_text()
         assert "server.stopped" in text, text[-3000:]  # the lifespan's shutdown ran
-        assert "Exception in ASGI application" not in text, text[-3000:]
         release.set()
         holder.join(timeout=10)
         status = asyncio.run(_packet_status(url, packet_id))

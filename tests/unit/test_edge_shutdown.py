@@ -38,7 +38,8 @@ async def test_a_request_cancelled_before_answering_gets_a_503_and_ends() -> Non
         await asyncio.Event().wait()
 
     task, sent = await _run_and_cancel(stuck)
-    await task  # ends normally: nothing is left for the server to answer
+    with pytest.raises(asyncio.CancelledError):
+        await task  # still cancelled: whoever cancelled it (a timeout too) learns it was
     start, body = sent
     assert start["status"] == 503
     headers = dict(start["headers"])
@@ -64,6 +65,18 @@ async def test_a_request_cancelled_mid_answer_stays_cancelled() -> None:
     assert [message.get("status") for message in sent] == [200, None]  # nothing added
 
 
+async def test_a_timeout_around_an_in_process_request_still_fires() -> None:
+    async def stuck(_scope: Scope, _receive: Receive, _send: Send) -> None:
+        await asyncio.Event().wait()
+
+    async def send(_message: Message) -> None:
+        return None
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await EdgeMiddleware(stuck, 1024)(_scope(), _receive, send)
+
+
 async def test_the_answer_is_built_afresh_for_every_request() -> None:
     async def stuck(_scope: Scope, _receive: Receive, _send: Send) -> None:
         await asyncio.Event().wait()
@@ -71,7 +84,8 @@ async def test_the_answer_is_built_afresh_for_every_request() -> None:
     answers = []
     for _ in range(2):
         task, sent = await _run_and_cancel(stuck)
-        await task
+        with pytest.raises(asyncio.CancelledError):
+            await task
         ids = [value for name, value in sent[0]["headers"] if name == b"x-request-id"]
         assert len(ids) == 1, sent[0]["headers"]  # the shared answer gathered no headers
         answers.append(ids[0])

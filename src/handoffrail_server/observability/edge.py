@@ -225,15 +225,16 @@ class EdgeMiddleware:
                 if not exchange.response_started:
                     await self._refuse(exchange)
             except asyncio.CancelledError:
-                # Only the server cancels a whole request: its shutdown timeout ran out. An
-                # unfinished transaction rolls back as the cancel unwinds; answer 503 (retry)
-                # rather than leave the server to answer 500. The task ends here either way.
-                if exchange.response_started:
-                    raise
-                access_log.warning("http.cancelled_at_shutdown", path=scope.get("path"))
-                start, body = _SHUTTING_DOWN
-                await exchange.edge_send(dict(start))
-                await exchange.edge_send(dict(body))
+                # Under a server, only the server cancels a whole request: its shutdown
+                # timeout ran out. An unfinished transaction rolls back as the cancel unwinds;
+                # answer 503 (retry) rather than leave the server to answer 500. The cancel
+                # goes on: whoever cancelled the task learns it was.
+                if not exchange.response_started:
+                    access_log.warning("http.cancelled", path=scope.get("path"))
+                    start, body = _SHUTTING_DOWN
+                    await exchange.edge_send(dict(start))
+                    await exchange.edge_send(dict(body))
+                raise
         finally:
             exchange.record()
             structlog.contextvars.unbind_contextvars("request_id")
