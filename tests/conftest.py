@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -301,6 +302,59 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextmanager
+def serve_app(app: Any, **config: Any) -> Iterator[str]:
+    """Run `app` under Uvicorn (`config`: more `uvicorn.Config` arguments) on a free loopback
+    port, in a thread; yield its base URL. Leaving, the server must stop within 15 s, or the
+    failure names the tasks that held it (the await chain of each)."""
+    port = free_port()
+    settings = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", **config)
+    server = uvicorn.Server(settings)
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def run() -> None:
+        loops.append(asyncio.get_running_loop())
+        await server.serve()
+
+    def main() -> None:  # Server.run, with a hold on the loop (uvloop, as Uvicorn picks it)
+        with asyncio.Runner(loop_factory=settings.get_loop_factory()) as runner:
+            runner.run(run())
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        if thread.is_alive():
+            stuck = _pending_tasks(loops[0])
+            server.force_exit = True
+            thread.join(timeout=5)
+            raise AssertionError(f"Uvicorn did not shut down within 15 s; still running:\n{stuck}")
+
+
+def _pending_tasks(loop: asyncio.AbstractEventLoop) -> str:
+    """Each unfinished task of `loop` with its innermost frames, to name what held shutdown."""
+    lines: list[str] = []
+    for task in list(asyncio.all_tasks(loop)):
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 40:  # follow the await chain inwards
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                break
+            chain.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        lines.append(f"{task.get_name()}: {' -> '.join(chain[-6:])}")
+    return "\n".join(lines)
+
+
 @dataclass
 class LiveServer:
     """A real Uvicorn server on loopback, in a thread, with the production HTTP protocol."""
@@ -319,30 +373,9 @@ def run_live_server(url: str, *, backlog: int = 2048, **overrides: object) -> It
     """
     operator_key = bootstrap_operator_key(url)
     app = create_app(make_settings(url, **overrides))
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        backlog=backlog,
-        http=HttpProtocol,  # as `handoffrail serve` and the Gunicorn worker
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    # HttpProtocol: as `handoffrail serve` and the Gunicorn worker
+    with serve_app(app, log_level="warning", backlog=backlog, http=HttpProtocol) as base:
         yield LiveServer(base, f"{base}/api/v1", operator_key, url)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -14,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import free_port, packet_body
+from tests.conftest import packet_body, serve_app
 
 #: every single wait in these tests is bounded by this (seconds) unless a test says otherwise
 WAIT = 10.0
@@ -27,54 +24,8 @@ WAIT = 10.0
 @contextmanager
 def serve(app: FastAPI, *, log_level: str = "warning") -> Iterator[str]:
     """Run `app` under Uvicorn on a free loopback port (access log off, as in production)."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on", access_log=False
-    )
-    server = uvicorn.Server(config)
-    loops: list[asyncio.AbstractEventLoop] = []
-
-    async def run() -> None:
-        loops.append(asyncio.get_running_loop())
-        await server.serve()
-
-    def main() -> None:  # Server.run, with a hold on the loop (uvloop, as Uvicorn picks it)
-        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(run())
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        if thread.is_alive():
-            stuck = _pending_tasks(loops[0])
-            server.force_exit = True
-            thread.join(timeout=5)
-            raise AssertionError(f"Uvicorn did not shut down within 15 s; still running:\n{stuck}")
-
-
-def _pending_tasks(loop: asyncio.AbstractEventLoop) -> str:
-    """Each unfinished task of `loop` with its innermost frames, to name what held shutdown."""
-    lines: list[str] = []
-    for task in list(asyncio.all_tasks(loop)):
-        chain: list[str] = []
-        awaited: Any = task.get_coro()
-        while awaited is not None and len(chain) < 40:  # follow the await chain inwards
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-            if frame is None:
-                break
-            chain.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}")
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-        lines.append(f"{task.get_name()}: {' -> '.join(chain[-6:])}")
-    return "\n".join(lines)
+    with serve_app(app, log_level=log_level, access_log=False) as base_url:
+        yield base_url
 
 
 @dataclass

@@ -7,7 +7,6 @@ at a tenant whose quota is 5; exactly 5 may succeed and the database must hold e
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections import Counter
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
 from handoffrail_server.db import migrations
@@ -24,7 +22,7 @@ from handoffrail_server.db.engine import create_engine, create_sessionmaker
 from handoffrail_server.db.models import Packet
 from handoffrail_server.db.models.usage import Agent, TenantUsage
 from handoffrail_server.main import create_app
-from tests.conftest import bootstrap_operator_key, free_port, make_settings, packet_body
+from tests.conftest import bootstrap_operator_key, make_settings, packet_body, serve_app
 
 pytestmark = pytest.mark.postgres
 
@@ -53,27 +51,8 @@ def pg_server(postgres_url: str) -> Iterator[PgServer]:
     settings = make_settings(postgres_url, db_pool_size=60, db_max_overflow=20)
     assert settings.db_pool_size >= 60
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=free_port(),
-        log_level="warning",
-        lifespan="on",
-        backlog=512,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    try:
-        yield PgServer(f"http://127.0.0.1:{config.port}", operator_key, postgres_url)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve_app(app, log_level="warning", backlog=512) as base_url:
+        yield PgServer(base_url, operator_key, postgres_url)
 
 
 async def new_tenant(
