@@ -90,3 +90,18 @@ async def test_the_answer_is_built_afresh_for_every_request() -> None:
         assert len(ids) == 1, sent[0]["headers"]  # the shared answer gathered no headers
         answers.append(ids[0])
     assert answers[0] != answers[1]
+
+
+async def test_a_failing_send_does_not_replace_the_cancel() -> None:
+    async def stuck(_scope: Scope, _receive: Receive, _send: Send) -> None:
+        await asyncio.Event().wait()
+
+    async def gone(_message: Message) -> None:
+        raise OSError("the client hung up")
+
+    task = asyncio.create_task(EdgeMiddleware(stuck, 1024)(_scope(), _receive, gone))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -20,6 +20,7 @@ of it with one `send` wrapper:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -232,8 +233,9 @@ class EdgeMiddleware:
                 if not exchange.response_started:
                     access_log.warning("http.cancelled", path=scope.get("path"))
                     start, body = _SHUTTING_DOWN
-                    await exchange.edge_send(dict(start))
-                    await exchange.edge_send(dict(body))
+                    with contextlib.suppress(Exception):  # a gone client: the cancel goes on
+                        await exchange.edge_send(dict(start))
+                        await exchange.edge_send(dict(body))
                 raise
         finally:
             exchange.record()
