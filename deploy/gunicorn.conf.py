@@ -27,6 +27,42 @@ forwarded_allow_ips = os.environ.get("HR_FORWARDED_ALLOW_IPS", "127.0.0.1")
 accesslog = None  # the app writes one structured access event per request
 errorlog = "-"
 loglevel = os.environ.get("HR_LOG_LEVEL", "info")
+# Gunicorn's own lines, and Uvicorn's in the workers (which write through Gunicorn's error log),
+# take the app's shape and redaction: JSON outside development, one line each, on stderr.
+_json_logs = os.environ.get("HR_ENVIRONMENT", "development").strip().lower() not in {
+    "development",
+    "dev",
+}
+logconfig_dict: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "handoffrail": {
+            "()": "handoffrail_server.observability.logging.stdlib_formatter",
+            "json_logs": _json_logs,
+        }
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "handoffrail",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    # the app adds its own root handler in each worker; none here, or library lines would
+    # be written twice
+    "root": {"level": "WARNING", "handlers": []},
+    "loggers": {
+        "gunicorn.error": {
+            "level": loglevel.upper(),
+            "handlers": ["stderr"],
+            "propagate": False,
+            "qualname": "gunicorn.error",
+        },
+        # Uvicorn's per-request lines duplicate the app's access event: kept off
+        "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+    },
+}
 # Gunicorn 27 opens a control socket under $HOME by default; a read-only container has none.
 control_socket_disable = True
 worker_tmp_dir = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108

@@ -8,6 +8,7 @@ row lock, so the PATCH waits inside the server; SIGTERM arrives; then the lock i
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -46,7 +48,7 @@ def test_sigterm_during_a_slow_request_lets_it_complete(tmp_path: Path) -> None:
         HR_BOOTSTRAP_API_KEY=key,
         HR_TIER_DEFAULT="business",
         HR_EXPIRY_INTERVAL_SECONDS="0",
-        HR_LOG_LEVEL="warning",
+        HR_LOG_LEVEL="info",  # Gunicorn's and Uvicorn's start-up lines, checked below
         HR_BIND_HOST="127.0.0.1",
         HR_PORT=str(port),
         WEB_CONCURRENCY="1",
@@ -112,11 +114,27 @@ def test_sigterm_during_a_slow_request_lets_it_complete(tmp_path: Path) -> None:
         assert outcome.get("status") == 200, (outcome, log.read_text()[-3000:])
         assert outcome["body"]["status"] == "failed"  # type: ignore[index]
         assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
+        events = json_lines(log.read_text())  # Gunicorn's and Uvicorn's lines are JSON too
+        assert {"gunicorn.error", "uvicorn.error"} <= {event.get("logger") for event in events}
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         drop_pg_database(name)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of a server's output as a JSON object (fails on a line that is not one)."""
+    events = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                pytest.fail(f"not a JSON line: {line!r}\n{text[-3000:]}")
+            assert isinstance(event, dict), line
+            events.append(event)
+    return events
 
 
 async def _waiting_on_a_lock(url: str, database: str) -> bool:
@@ -221,6 +239,10 @@ def test_sigterm_with_a_request_stuck_past_the_timeout_answers_503_and_exits(
         assert outcome["body"]["code"] == "service.shutting_down"  # type: ignore[index]
         text = log.read_text()
         assert "server.stopped" in text, text[-3000:]  # the lifespan's shutdown ran
+        events = json_lines(text)  # Uvicorn's lines too, its traceback of the cancel included
+        cancelled = [event for event in events if "Exception in ASGI application" in event["event"]]
+        assert cancelled, text[-3000:]
+        assert "CancelledError" in cancelled[0]["exception"], text[-3000:]
         release.set()
         holder.join(timeout=10)
         status = asyncio.run(_packet_status(url, packet_id))

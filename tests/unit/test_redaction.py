@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from typing import Any
 
 import pytest
 
-from handoffrail_server.observability.logging import console_colors, redact
+from handoffrail_server.observability.logging import console_colors, redact, stdlib_formatter
 
 KEY = "hr_" + "A1b2C3d4E5f6G7h8I9j0K_-z"
 
@@ -62,3 +65,24 @@ def test_console_colours_only_for_a_terminal(
 ) -> None:
     assert console_colors(_Stream(tty), environ) is expected
     assert console_colors(object(), environ) is (expected and "FORCE_COLOR" in environ)
+
+
+def test_a_server_line_is_one_redacted_json_object_with_its_traceback() -> None:
+    # what Gunicorn's and Uvicorn's loggers write through (deploy/gunicorn.conf.py, `serve`)
+    formatter = stdlib_formatter(json_logs=True)
+    try:
+        raise ConnectionError(f"postgresql://app:hunter2@db/hr refused {KEY}")
+    except ConnectionError:
+        record = logging.getLogger("uvicorn.error").makeRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, "Exception in %s", ("app",), sys.exc_info()
+        )
+    line = formatter.format(record)
+    assert "\n" not in line
+    event = json.loads(line)
+    assert event["event"] == "Exception in app"
+    assert event["logger"] == "uvicorn.error"
+    assert event["level"] == "error"
+    assert "ConnectionError" in event["exception"]
+    assert "hunter2" not in line
+    assert KEY not in line
+    assert "postgresql://app:***@db/hr" in event["exception"]

@@ -87,9 +87,11 @@ def serve(
     reload: Annotated[bool, typer.Option(help="Reload on code changes (development).")] = False,
 ) -> None:
     """Run the API server with Uvicorn (development applies migrations itself)."""
+    import structlog
     import uvicorn
 
     from handoffrail_server.infra.serving import HttpProtocol
+    from handoffrail_server.observability.logging import configure_logging
 
     settings = _settings()
     if settings.is_development:
@@ -108,7 +110,14 @@ def serve(
             _print_key_once(first, "First admin (operator) API key")
     bind_host = host or settings.host
     bind_port = port or settings.port
-    console.print(f"HandoffRail listening on http://{bind_host}:{bind_port}/api/v1")
+    url = f"http://{bind_host}:{bind_port}/api/v1"
+    # Uvicorn's own lines (start-up, shutdown, a failed request's traceback) go through our
+    # handler: JSON and redacted outside development, like every other line
+    configure_logging(settings.log_level, json_logs=not settings.is_development)
+    if settings.is_development:
+        console.print(f"HandoffRail listening on {url}")
+    else:
+        structlog.get_logger(__name__).info("server.listening", url=url)
     uvicorn.run(
         "handoffrail_server.asgi:app",
         host=bind_host,
@@ -120,6 +129,7 @@ def serve(
         access_log=False,
         http=HttpProtocol,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        log_config=None,
     )
 
 

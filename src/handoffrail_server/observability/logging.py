@@ -89,12 +89,8 @@ def console_colors(stream: Any, environ: Mapping[str, str]) -> bool:
     return bool(isatty is not None and isatty())
 
 
-def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
-    """Configure structlog and the stdlib root logger once per process."""
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        numeric = logging.INFO
-    processors: list[Any] = [
+def _processors() -> list[Any]:
+    return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -102,14 +98,36 @@ def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
         structlog.processors.format_exc_info,
         redact,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_json_line)
-        if json_logs
-        else structlog.dev.ConsoleRenderer(
-            colors=console_colors(sys.stderr, os.environ),
-            exception_formatter=structlog.dev.plain_traceback,
-        )
+
+
+def _renderer(json_logs: bool) -> Any:
+    if json_logs:
+        return structlog.processors.JSONRenderer(serializer=_json_line)
+    return structlog.dev.ConsoleRenderer(
+        colors=console_colors(sys.stderr, os.environ),
+        exception_formatter=structlog.dev.plain_traceback,
     )
+
+
+def stdlib_formatter(json_logs: bool = True) -> logging.Formatter:
+    """A `logging.Formatter` giving standard-library lines (Uvicorn's, Gunicorn's, libraries')
+    the shape, timestamp and redaction of ours; `deploy/gunicorn.conf.py` names it."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_processors()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _renderer(json_logs),
+        ],
+    )
+
+
+def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
+    """Configure structlog and the stdlib root logger once per process."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    processors = _processors()
+    renderer = _renderer(json_logs)
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -120,10 +138,7 @@ def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
     # Libraries log through the standard library: their lines take the same shape (JSON or
     # console), level, timestamp and redaction as ours, through one stderr handler of ours
     # (added once; handlers others installed, such as pytest's capture, stay).
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    )
+    formatter = stdlib_formatter(json_logs)
     root = logging.getLogger()
     root.setLevel(numeric)
     ours = [handler for handler in root.handlers if getattr(handler, "_handoffrail", False)]
