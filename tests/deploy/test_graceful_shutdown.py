@@ -151,13 +151,16 @@ async def _waiting_on_a_lock(url: str, database: str) -> bool:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@pytest.mark.parametrize("group_commit", ["true", "false"])
+@pytest.mark.parametrize(
+    ("runner", "group_commit"), [("serve", "true"), ("serve", "false"), ("gunicorn", "true")]
+)
 def test_sigterm_with_a_request_stuck_past_the_timeout_answers_503_and_exits(
-    tmp_path: Path, group_commit: str
+    tmp_path: Path, runner: str, group_commit: str
 ) -> None:
-    """`handoffrail serve` with `HR_SHUTDOWN_TIMEOUT_SECONDS=1`: a PATCH stuck on a row lock
-    that is never released is cancelled after the timeout, answered 503, its change is not
-    made, and the process still closes its pools and exits (it used to wait for the lock)."""
+    """`handoffrail serve` with `HR_SHUTDOWN_TIMEOUT_SECONDS=1`, or Gunicorn with a graceful
+    timeout of 6 s (its worker cancels after 1 s): a PATCH stuck on a row lock that is never
+    released is cancelled, answered 503, its change is not made, and the process still closes
+    its pools and exits (it used to wait for the lock, or be killed)."""
     name, url = create_pg_database()
     migrations.upgrade(url)
     port, key = free_port(), generate_key()
@@ -175,11 +178,23 @@ def test_sigterm_with_a_request_stuck_past_the_timeout_answers_503_and_exits(
         # the PATCH of a packet this process just created is one self-committing statement
         # (recent packet rows): sent by a batch's own task, or by the request's
         HR_DB_GROUP_COMMIT=group_commit,
+        HR_BIND_HOST="127.0.0.1",
+        WEB_CONCURRENCY="1",  # the create and the PATCH meet in one process (recent rows)
+        GUNICORN_GRACEFUL_TIMEOUT="6",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
     )
-    log = tmp_path / "serve.log"
+    (tmp_path / "metrics").mkdir()
+    command = {
+        "serve": [tool("handoffrail"), "serve"],
+        "gunicorn": [
+            tool("gunicorn"),
+            *("-c", str(ROOT / "deploy/gunicorn.conf.py"), "handoffrail_server.asgi:app"),
+        ],
+    }[runner]
+    log = tmp_path / "server.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [tool("handoffrail"), "serve"],
+            command,
             cwd=tmp_path,
             env=env,
             stdout=output,
