@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from handoffrail_server.settings import environment_name
+
 # Uvicorn's own gunicorn worker is deprecated; the uvicorn-worker package is its successor. Ours
 # is that worker with a response's head and body written in one system call (infra/serving.py).
 worker_class = "handoffrail_server.infra.serving.UvicornWorker"
@@ -29,10 +31,7 @@ errorlog = "-"
 loglevel = os.environ.get("HR_LOG_LEVEL", "info")
 # Gunicorn's own lines, and Uvicorn's in the workers (which write through Gunicorn's error log),
 # take the app's shape and redaction: JSON outside development, one line each, on stderr.
-_json_logs = os.environ.get("HR_ENVIRONMENT", "development").strip().lower() not in {
-    "development",
-    "dev",
-}
+_json_logs = environment_name(os.environ.get("HR_ENVIRONMENT", "development")) != "development"
 logconfig_dict: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,

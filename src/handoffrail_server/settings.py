@@ -43,6 +43,13 @@ PRIVATE_NETWORKS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::
 _ENV_ALIASES = {"dev": "development", "prod": "production", "stage": "staging"}
 
 
+def environment_name(raw: str) -> str:
+    """`HR_ENVIRONMENT` as a canonical name (`dev` → `development`, ...); what the settings
+    read, and what `deploy/gunicorn.conf.py` reads before any app is loaded."""
+    lowered = raw.strip().lower()
+    return _ENV_ALIASES.get(lowered, lowered)
+
+
 class SettingsError(ValueError):
     """A setting is invalid; the message names the `HR_*` variable and the fix."""
 
@@ -166,10 +173,7 @@ class Settings(BaseSettings):
     @field_validator("environment", mode="before")
     @classmethod
     def _environment_alias(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            lowered = value.strip().lower()
-            return _ENV_ALIASES.get(lowered, lowered)
-        return value
+        return environment_name(value) if isinstance(value, str) else value
 
     @field_validator("database_url", mode="before")
     @classmethod

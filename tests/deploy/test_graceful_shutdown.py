@@ -137,16 +137,17 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return events
 
 
-async def _waiting_on_a_lock(url: str, database: str) -> bool:
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
-    try:
-        waiting = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-            database,
-        )
-    finally:
-        await connection.close()
-    return bool(waiting)
+def _fetchval(url: str, query: str, *args: object) -> Any:
+    """One value from the test database, on a connection of its own."""
+
+    async def fetch() -> Any:
+        connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            return await connection.fetchval(query, *args)
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
 
 
 @pytest.mark.postgres
@@ -243,7 +244,10 @@ def test_sigterm_with_a_request_stuck_past_the_timeout_answers_503_and_exits(
         client = threading.Thread(target=patch)
         client.start()
         deadline = time.monotonic() + 10
-        while not asyncio.run(_waiting_on_a_lock(url, name)):  # the PATCH waits on the lock
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'"
+        )
+        while not _fetchval(url, waiting, name):  # the PATCH waits on the lock
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
         os.killpg(process.pid, signal.SIGTERM)
@@ -260,7 +264,7 @@ def test_sigterm_with_a_request_stuck_past_the_timeout_answers_503_and_exits(
         assert "CancelledError" in cancelled[0]["exception"], text[-3000:]
         release.set()
         holder.join(timeout=10)
-        status = asyncio.run(_packet_status(url, packet_id))
+        status = _fetchval(url, "SELECT status FROM packet WHERE id = $1", uuid.UUID(packet_id))
         assert status == "created", text  # the cancelled PATCH changed nothing
     finally:
         release.set()
@@ -268,15 +272,3 @@ def test_sigterm_with_a_request_stuck_past_the_timeout_answers_503_and_exits(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         drop_pg_database(name)
-
-
-async def _packet_status(url: str, packet_id: str) -> str:
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
-    try:
-        return str(
-            await connection.fetchval(
-                "SELECT status FROM packet WHERE id = $1", uuid.UUID(packet_id)
-            )
-        )
-    finally:
-        await connection.close()

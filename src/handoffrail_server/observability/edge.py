@@ -71,7 +71,12 @@ class BodyTooLarge(HTTPException):
 
 
 def _problem(
-    status: int, code: str, title: str, detail: str, **extra: Any
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+    **extra: Any,
 ) -> tuple[Message, Message]:
     body: dict[str, Any] = {
         "type": f"https://handoffrail.dev/problems/{code.replace('.', '/')}",
@@ -82,13 +87,15 @@ def _problem(
         **extra,
     }
     payload = json.dumps(body).encode()
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    if status == 503:
-        headers += [(b"retry-after", b"1"), (b"connection", b"close")]
-    start: Message = {"type": "http.response.start", "status": status, "headers": headers}
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(payload)).encode()),
+            *headers,
+        ],
+    }
     return start, {"type": "http.response.body", "body": payload}
 
 
@@ -103,6 +110,7 @@ _SHUTTING_DOWN = _problem(
     "service.shutting_down",
     "Service unavailable",
     "The server is shutting down and stopped this request before answering it; retry it",
+    headers=((b"retry-after", b"1"), (b"connection", b"close")),
 )
 
 
